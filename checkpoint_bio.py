@@ -1,0 +1,159 @@
+"""
+Checkpoints: the one place that writes and reads them, for every script.
+
+This project's checkpoints are dicts with
+    format        'wigglegpt-bio/1'
+    model         the uncompiled module's state dict (no '_orig_mod.' prefix)
+    config        the GPTConfig fields, so GPTConfig(**ckpt['config']) rebuilds the model
+    model_args    the same dict, under the name the original code used
+    train_config  the training settings, plus optimizer, scaler, iter_num, best_val_loss,
+                  rng, sampler and wandb_run_id when written by train_bio.py
+
+The original WiggleGPT files (the published ckpt_pretrain.pt / ckpt_finetune.pt) have
+model_args for the model, the whole training config under 'config', and state-dict keys that
+may carry torch.compile's '_orig_mod.' prefix. Both load here, always with weights_only=True.
+Writes are atomic (temporary file, fsync, rename): a crash mid-write never costs the last
+good checkpoint.
+"""
+
+import os
+from dataclasses import asdict, fields
+
+import torch
+
+from model_bio import GPT, GPTConfig
+from settings_bio import UserError
+
+FORMAT = "wigglegpt-bio/1"
+
+# GPTConfig defaults of the original code, for fields its older checkpoints may lack
+ORIGINAL_DEFAULTS = dict(bias=True, use_bio_mlp=False, use_rmsnorm=False, use_rope=False,
+                         gradient_checkpointing=False, dropout=0.0)
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable or does not fit its own config."""
+
+
+def unwrap(model):
+    """The plain GPT inside DDP and torch.compile wrappers (what checkpoints must hold)."""
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+def checkpoint_dict(model, **extra):
+    """A checkpoint of this project's format for model, plus any extra fields."""
+    model = unwrap(model)
+    config = asdict(model.config)
+    return {"format": FORMAT, "model": model.state_dict(), "config": config,
+            "model_args": dict(config), **extra}
+
+
+def save_checkpoint(ckpt, path):
+    """Write atomically: a temporary file in the same folder, flushed and fsynced, then renamed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a checkpoint dict safely (weights_only=True); every failure is one clear error."""
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file (e.g. {os.path.join(path, 'ckpt.pt')})")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many kinds for truncated or foreign files
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason[:200]})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{path} is not a WiggleGPT checkpoint (no 'model' weights in it)")
+    return ckpt
+
+
+def is_original_format(ckpt):
+    return ckpt.get("format") != FORMAT
+
+
+def model_config(ckpt, path="checkpoint"):
+    """The GPTConfig a checkpoint was trained with (original format: legacy_rope turned on)."""
+    known = {f.name for f in fields(GPTConfig)}
+    if is_original_format(ckpt):
+        args = ckpt.get("model_args")
+        if not isinstance(args, dict):
+            raise CheckpointError(f"{path} has weights but no 'model_args' to rebuild the model from")
+        args = {**ORIGINAL_DEFAULTS, **{k: v for k, v in args.items() if k in known}}
+        if args.get("vocab_size") is None:
+            args["vocab_size"] = ckpt["model"]["transformer.wte.weight"].shape[0] \
+                if "transformer.wte.weight" in ckpt["model"] else 50304
+        # the original RoPE rotated q and k alike at every position: no positional signal
+        args["legacy_rope"] = bool(args.get("use_rope"))
+    else:
+        args = ckpt.get("config")
+        if not isinstance(args, dict):
+            raise CheckpointError(f"{path} has no model 'config'")
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise CheckpointError(f"{path}: unknown model config field(s) {', '.join(unknown)}")
+    try:
+        return GPTConfig(**args)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad model config: {e}") from None
+
+
+def clean_state_dict(state_dict):
+    """Strip the prefixes torch.compile ('_orig_mod.') and DDP ('module.') add, and drop the
+    causal-mask buffer the original's non-flash attention kept under 'attn.bias'."""
+    clean = {}
+    for key, value in state_dict.items():
+        for prefix in ("_orig_mod.", "module."):
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        if key.endswith(".attn.bias"):
+            continue
+        clean[key] = value
+    return clean
+
+
+def load_model(path, device="cpu", **overrides):
+    """Build the model a checkpoint describes and load its weights (strict).
+
+    Returns (model, ckpt). overrides replace config fields that do not change the weights
+    (e.g. dropout, gradient_checkpointing).
+    """
+    ckpt = load_checkpoint(path)
+    config = model_config(ckpt, path)
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    model = GPT(config)
+    state = clean_state_dict(ckpt["model"])
+    missing, unexpected = (sorted(set(model.state_dict()) - set(state)),
+                           sorted(set(state) - set(model.state_dict())))
+    if missing or unexpected:
+        def brief(keys):
+            return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+        problems = ([f"missing {brief(missing)}"] if missing else []) + \
+                   ([f"unexpected {brief(unexpected)}"] if unexpected else [])
+        raise CheckpointError(f"weights in {path} do not fit its config: {'; '.join(problems)}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [l.strip() for l in str(e).splitlines() if "size mismatch" in l]
+        raise CheckpointError(f"weights in {path} do not fit its config: {lines[0] if lines else e}") from None
+    return model.to(device), ckpt

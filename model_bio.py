@@ -1,0 +1,384 @@
+"""
+WiggleGPT: a GPT whose MLP neurons oscillate.
+
+The GELU of the usual transformer MLP is replaced by a neuron with its own learned frequency
+omega, phase phi and baseline:
+
+    f(x) = sin(omega * x + phi) * tanh(x) + baseline
+
+The rest is a modern nanoGPT: RMSNorm, rotary position embeddings (RoPE), flash attention
+through F.scaled_dot_product_attention, tied input/output embeddings, no biases. Switching
+use_bio_mlp / use_rmsnorm / use_rope / bias off gives the standard GPT-2 baseline in the same
+code, so the comparison is honest. This file imports only torch and the standard library.
+"""
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class GPTConfig:
+    # defaults are the published WiggleGPT 124M model
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False  # biases in Linear and LayerNorm, as in GPT-2
+    use_bio_mlp: bool = True  # oscillating neurons instead of GELU
+    use_rmsnorm: bool = True  # RMSNorm instead of LayerNorm
+    use_rope: bool = True  # rotary position embeddings instead of a learned wpe table
+    gradient_checkpointing: bool = False  # recompute blocks in backward to fit 8 GB GPUs
+    use_sparse_gate: bool = False  # soft spike gate in front of the MLP activation
+    bio_threshold: float = 0.25  # the gate's firing threshold
+    # The published checkpoints rotated q and k by one head-dependent angle at every position
+    # (their rotation table was sliced along the head axis), which leaves q.k unchanged: in
+    # effect they have no positional encoding. legacy_rope=True reproduces that exactly by not
+    # rotating at all; it is set when an original-format checkpoint is loaded.
+    legacy_rope: bool = False
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
+            elif f.type is int and (isinstance(value, bool) or not isinstance(value, int)):
+                raise TypeError(f"GPTConfig.{f.name} must be an int, got {value!r}")
+            elif f.type is bool and not isinstance(value, bool):
+                raise TypeError(f"GPTConfig.{f.name} must be True or False, got {value!r}")
+            elif f.type is float and not isinstance(value, float):
+                raise TypeError(f"GPTConfig.{f.name} must be a number, got {value!r}")
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"GPTConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
+        if self.use_rope and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"RoPE needs an even head size; n_embd/n_head = {self.n_embd // self.n_head}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+# ---------------------------------------------------------------------------------------
+# rotary position embeddings (Su et al. 2021, "RoFormer", arXiv:2104.09864)
+
+def rope_tables(head_dim, max_len, theta=10000.0):
+    """cos and sin of angle pos * theta^(-2i/head_dim) for each position and pair i."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)  # (max_len, head_dim/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotate adjacent pairs (2i, 2i+1) of the last dimension by each position's angle.
+
+    x: (B, n_head, T, head_dim); cos, sin: (T, head_dim/2) for the positions of x.
+    """
+    pairs = x.float().unflatten(-1, (-1, 2))  # (B, n_head, T, head_dim/2, 2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    rotated = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
+    return rotated.flatten(-2).type_as(x)
+
+
+# ---------------------------------------------------------------------------------------
+# attention, with the small key/value cache that makes generation linear instead of quadratic
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far.
+
+    Preallocated on first use (dtype and device follow the keys), then filled in place:
+    prefill writes a whole prompt, each decode step one position. `pos` counts the filled
+    positions; it advances once all layers have written.
+    """
+
+    def __init__(self, n_layer, max_len):
+        self.n_layer, self.max_len = n_layer, max_len
+        self.k = self.v = None
+        self.pos = 0
+
+    def reset(self):
+        self.pos = 0
+
+    def insert(self, layer, k, v):
+        """Write this layer's new k, v (B, n_head, T, head_dim); return all cached so far."""
+        B, n_head, T, head_dim = k.shape
+        if self.pos + T > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; {self.pos} + {T} do not fit")
+        if self.k is None or self.k.shape[1] != B or self.k.dtype != k.dtype or self.k.device != k.device:
+            shape = (self.n_layer, B, n_head, self.max_len, head_dim)
+            self.k = torch.zeros(shape, dtype=k.dtype, device=k.device)
+            self.v = torch.zeros(shape, dtype=v.dtype, device=v.device)
+        end = self.pos + T
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def advance(self, n):
+        self.pos += n
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v at once
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, rope=None, kv_cache=None):
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, n_head, T, head_dim)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        past = 0
+        if kv_cache is not None:
+            past = kv_cache.pos
+            k, v = kv_cache.insert(self.layer_idx, k, v)  # (B, n_head, past + T, head_dim)
+        if past == 0:
+            mask, causal = None, True
+        elif T == 1:
+            mask, causal = None, False  # one new query sees every cached key
+        else:  # several new queries after a cached prefix: query i sees keys up to past + i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            causal = False
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)  # flash on CUDA
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+# ---------------------------------------------------------------------------------------
+# the oscillating neuron
+
+class OscillateFunction(torch.autograd.Function):
+    """y = sin(omega*x + phi) * tanh(x) + baseline, per hidden neuron (last dimension).
+
+    Plain autograd would keep sin, cos and tanh of the whole activation tensor for backward
+    (1.6x the activation memory of GELU). We save only x and the parameter vectors and
+    recompute the cheap elementwise terms in backward. Math is done in fp32 for accuracy;
+    the output keeps x's dtype so autocast's bf16/fp16 memory savings carry through.
+    """
+
+    @staticmethod
+    def forward(ctx, x, omega, phi, baseline):
+        ctx.save_for_backward(x, omega, phi)
+        dt = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 -> fp32, fp64 stays
+        xf = x.to(dt)
+        y = torch.addcmul(phi.to(dt), omega.to(dt), xf).sin_().mul_(torch.tanh(xf)).add_(baseline.to(dt))
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, omega, phi = ctx.saved_tensors
+        dt = torch.promote_types(x.dtype, torch.float32)
+        xf, g, omega_f = x.to(dt), grad_out.to(dt), omega.to(dt)
+        z = torch.addcmul(phi.to(dt), omega_f, xf)  # recomputed, not stored
+        t = torch.tanh(xf)
+        g_cos_t = z.cos().mul_(g).mul_(t)  # dL/dz * tanh(x) = g * cos(z) * tanh(x)
+        sum_dims = tuple(range(x.dim() - 1))  # parameters are shared over every position
+        grad_phi = g_cos_t.sum(sum_dims)
+        grad_omega = (g_cos_t * xf).sum(sum_dims)
+        grad_baseline = g.sum(sum_dims)
+        # dy/dx = omega * cos(z) * tanh(x) + sin(z) * (1 - tanh(x)^2)
+        grad_x = g_cos_t.mul_(omega_f).add_(z.sin_().mul_(t.mul_(t).neg_().add_(1.0)).mul_(g))
+        return (grad_x.to(x.dtype), grad_omega.to(omega.dtype), grad_phi.to(phi.dtype),
+                grad_baseline.to(omega.dtype))
+
+
+class OscillatingActivation(nn.Module):
+    """Learned frequency, phase and baseline for each of num_features neurons."""
+
+    def __init__(self, num_features):
+        super().__init__()
+        self.omega = nn.Parameter(torch.empty(num_features))
+        self.phi = nn.Parameter(torch.empty(num_features))
+        self.baseline = nn.Parameter(torch.empty(num_features))
+
+    def forward(self, x):
+        return OscillateFunction.apply(x, self.omega, self.phi, self.baseline)
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        hidden = 4 * config.n_embd
+        self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.activation = OscillatingActivation(hidden) if config.use_bio_mlp else nn.GELU()
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+        self.use_sparse_gate, self.bio_threshold = config.use_sparse_gate, config.bio_threshold
+        if self.use_sparse_gate:
+            self.gate_weight = nn.Parameter(torch.empty(hidden))
+            self.gate_bias = nn.Parameter(torch.empty(hidden))
+        self.last_sparsity = None  # share of silent hidden units in the last forward (a tensor: no sync)
+
+    def forward(self, x):
+        h = self.c_fc(x)  # (B, T, 4 * n_embd)
+        if self.use_sparse_gate:
+            # a soft spike: units whose voltage stays under the threshold are mostly silenced
+            voltage = h * self.gate_weight + self.gate_bias
+            spike = torch.sigmoid((voltage - self.bio_threshold) * 5.0)
+            self.last_sparsity = (spike.detach() < 0.5).float().mean()
+            h = h * spike
+        return self.dropout(self.c_proj(self.activation(h)))
+
+
+def make_norm(config):
+    """RMSNorm, x / sqrt(mean(x^2) + 1e-6) * weight (Zhang & Sennrich 2019), or GPT-2's LayerNorm."""
+    if config.use_rmsnorm:
+        return nn.RMSNorm(config.n_embd, eps=1e-6)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
+
+
+class Block(nn.Module):
+
+    def __init__(self, config, layer_idx):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = make_norm(config)
+        self.mlp = MLP(config)
+
+    def forward(self, x, rope=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), rope, kv_cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+# ---------------------------------------------------------------------------------------
+# the whole model
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        layers = dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config, i) for i in range(config.n_layer)]),
+            ln_f=make_norm(config),
+        )
+        if not config.use_rope:
+            layers["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        self.transformer = nn.ModuleDict(layers)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # tied embeddings (Press & Wolf 2017)
+        if config.use_rope and not config.legacy_rope:
+            # non-persistent: positions are recomputed, never stored in checkpoints
+            cos, sin = rope_tables(config.n_embd // config.n_head, config.block_size)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self):
+        """Every parameter's starting value, one rule each:
+        - Linear and Embedding weights ~ N(0, 0.02); biases 0 (GPT-2)
+        - residual projections c_proj ~ N(0, 0.02 / sqrt(2 * n_layer)), so each block's
+          additions to the residual stream keep its variance in check with depth (GPT-2)
+        - norm weights 1, LayerNorm biases 0
+        - omega ~ N(1, 0.1), phi ~ N(0, 0.1), baseline 0: each neuron starts near sin(x)*tanh(x)
+        - sparse gate weight 1, bias 0: the gate starts as a plain threshold on h
+        """
+        residual_std = 0.02 / math.sqrt(2 * self.config.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, residual_std if name.endswith("c_proj") else 0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding) and name != "transformer.wte":
+                nn.init.normal_(module.weight, 0.0, 0.02)  # wte is lm_head's weight, set above
+            elif isinstance(module, (nn.RMSNorm, nn.LayerNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, OscillatingActivation):
+                nn.init.normal_(module.omega, 1.0, 0.1)
+                nn.init.normal_(module.phi, 0.0, 0.1)
+                nn.init.zeros_(module.baseline)
+            elif isinstance(module, MLP) and module.use_sparse_gate:
+                nn.init.ones_(module.gate_weight)
+                nn.init.zeros_(module.gate_bias)
+
+    def get_num_params(self, non_embedding=True):
+        """Parameter count; the learned position table is left out with non_embedding=True.
+        (The token embedding stays in: it is also the output layer.)"""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and "wpe" in self.transformer:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def new_kv_cache(self):
+        return KVCache(self.config.n_layer, self.config.block_size)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        """idx (B, T) token ids -> (logits, loss).
+
+        With targets: logits (B, T, vocab) and the mean cross-entropy (targets of -1 are
+        ignored). Without: logits of the last position only, (B, 1, vocab), and loss None.
+        With a kv_cache the T tokens continue the cached sequence at position kv_cache.pos.
+        """
+        B, T = idx.shape
+        start = kv_cache.pos if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"sequence of {start + T} tokens is longer than block_size {self.config.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, n_embd)
+        if "wpe" in self.transformer:
+            x = x + self.transformer.wpe(torch.arange(start, start + T, device=idx.device))
+        x = self.transformer.drop(x)
+        rope = None
+        if hasattr(self, "rope_cos"):
+            rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, head_dim/2)
+        for block in self.transformer.h:
+            if self.config.gradient_checkpointing and self.training and kv_cache is None:
+                x = checkpoint(block, x, rope, use_reentrant=False)  # recomputed in backward
+            else:
+                x = block(x, rope, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None  # only the next token's logits are needed
+        logits = self.lm_head(x)
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return logits, loss
+
+    def sparsity(self):
+        """Mean share of silent hidden units over the layers in the last forward, or None.
+        Calls .item(): a GPU sync, so training asks for it only when it logs."""
+        values = [b.mlp.last_sparsity for b in self.transformer.h if b.mlp.last_sparsity is not None]
+        return torch.stack(values).mean().item() if values else None
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW with weight decay on matrices and embeddings only.
+
+        No decay on what is 1-D: norm weights, biases, and the neurons' omega, phi and
+        baseline (decay would pull every frequency toward 0, i.e. toward a linear neuron).
+        """
+        params = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        decay = [p for name, p in params.items() if p.dim() >= 2]
+        no_decay = [p for name, p in params.items() if p.dim() < 2]
+        assert len(decay) + len(no_decay) == len(params), "optimizer groups must cover every parameter once"
+        groups = [{"params": decay, "weight_decay": weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=(device_type == "cuda"))
+
+    def estimate_mfu(self, tokens_per_iter, dt, peak_flops):
+        """Model FLOPs utilisation: achieved FLOP/s over peak_flops (e.g. 312e12 for A100 bf16).
+
+        FLOPs per token = 6N + 12 * n_layer * n_head * head_dim * T (PaLM, Chowdhery et al.
+        2022, appendix B): 6N for the matmuls forward and backward, the rest for attention.
+        """
+        cfg = self.config
+        flops_per_token = 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+        return flops_per_token * tokens_per_iter / dt / peak_flops

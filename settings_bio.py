@@ -1,0 +1,176 @@
+"""
+Settings for every script: defaults, then a config file, then --key=value overrides.
+
+Each script declares its settings as {name: (default, "one-line meaning")}. Config files
+stay plain Python assignments (users edit them per GPU) but are read into a dict and checked
+like command-line overrides, so a typo is an error that names the key and the closest valid
+ones, never a silently new global. Also here: the one-line error every script prints for bad
+input, and the choice of device and dtype, shared by training, sampling and chat.
+"""
+
+import ast
+import difflib
+import os
+import sys
+import types
+from contextlib import nullcontext
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as one line on stderr, exit code 2, no traceback."""
+
+
+def run_main(main):
+    """Run a script's main(); user errors become one clear line and exit code 2."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+# ---------------------------------------------------------------------------------------
+# reading settings
+
+def _closest(key, known):
+    near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(k) for k in near)}?" if near else ""
+
+
+def _check_type(key, value, default, where):
+    """Return value converted to the default's type, or raise a UserError naming the key."""
+    if default is None:  # no type to hold it to (e.g. an optional path)
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, (tuple, list)):
+        if isinstance(value, (tuple, list)) and len(value) == len(default):
+            return type(default)(value)
+    elif isinstance(default, type(value)):
+        return value
+    raise UserError(f"{key}={value!r} {where} should be a {type(default).__name__} "
+                    f"like the default {default!r}")
+
+
+def _parse_value(text, default):
+    """A command-line value is a Python literal (--betas=(0.9,0.95)), else a plain string."""
+    if isinstance(default, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def read_config_file(path):
+    """Execute a config file of plain assignments and return what it assigned."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        source = f.read()
+    namespace = {}
+    try:
+        exec(compile(source, path, "exec"), namespace)
+    except SyntaxError as e:
+        raise UserError(f"{path}, line {e.lineno}: syntax error: {e.msg}") from None
+    except Exception as e:  # a config file that raises is the user's bug, not ours
+        raise UserError(f"{path} failed to run: {type(e).__name__}: {e}") from None
+    return {k: v for k, v in namespace.items()
+            if not k.startswith("_") and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
+
+
+def help_text(settings, description):
+    width = max(len(k) for k in settings)
+    lines = [description, "", "settings (config file assignments or --key=value):"]
+    for key, (default, meaning) in settings.items():
+        lines.append(f"  --{key.ljust(width)}  {meaning} (default: {default!r})")
+    return "\n".join(lines)
+
+
+def load_settings(settings, argv=None, description="", allow_config_file=True):
+    """Defaults, then an optional config file (a positional path), then --key=value overrides.
+
+    Returns a SimpleNamespace; vars() of it is the plain dict that goes into checkpoints.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(help_text(settings, description))
+        sys.exit(0)
+    values = {k: default for k, (default, _) in settings.items()}
+    known = list(settings)
+    for arg in argv:
+        if not arg.startswith("--"):
+            if not allow_config_file:
+                raise UserError(f"unexpected argument {arg!r}; settings are given as --key=value")
+            for key, value in read_config_file(arg).items():
+                if key not in values:
+                    raise UserError(f"unknown setting {key!r} in {arg}{_closest(key, known)}")
+                values[key] = _check_type(key, value, settings[key][0], f"in {arg}")
+            continue
+        key, eq, text = arg[2:].partition("=")
+        if key not in values:
+            raise UserError(f"unknown setting --{key}{_closest(key, known)}")
+        default = settings[key][0]
+        if not eq:
+            if not isinstance(default, bool):
+                raise UserError(f"--{key} needs a value: --{key}=...")
+            value = True
+        else:
+            value = _parse_value(text, default)
+        values[key] = _check_type(key, value, default, "on the command line")
+    return types.SimpleNamespace(**values)
+
+
+# ---------------------------------------------------------------------------------------
+# device and dtype
+
+def pick_device(requested="auto"):
+    """'auto' picks cuda > mps > cpu; asking for a device that is not there is a UserError."""
+    import torch
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={requested} asked for, but this machine has no CUDA GPU "
+                        "(or torch is the CPU build); use --device=cpu or install the CUDA build")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("device=mps asked for, but MPS is not available here")
+    if requested != "cpu" and not requested.startswith(("cuda", "mps")):
+        raise UserError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps")
+    return requested
+
+
+def pick_dtype(requested, device):
+    """'auto' is bf16 on GPUs that support it, else fp16 on CUDA, else fp32."""
+    import torch
+    if requested == "auto":
+        if device.startswith("cuda"):
+            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return "float32"
+    if requested not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"unknown dtype {requested!r}; use auto, float32, bfloat16 or float16")
+    if requested == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU does not support bfloat16; use --dtype=float16")
+    return requested
+
+
+def autocast_for(device, dtype):
+    """Mixed precision on GPUs; on the CPU plain fp32 (CPU autocast is slow and lossy here)."""
+    import torch
+    device_type = "cuda" if device.startswith("cuda") else device.split(":")[0]
+    if dtype == "float32" or device_type == "cpu":
+        return nullcontext()
+    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
