@@ -26,21 +26,126 @@ SETTINGS = {
 
 def median_seconds(fn, repeats, warmup=1):
     """Median wall time of fn() over repeats, after warmup calls (first calls allocate)."""
-    for _ in range(warmup):
-        fn()
-    times = []
+    return median_seconds_side_by_side({"fn": fn}, repeats, warmup)["fn"]
+
+
+def median_seconds_side_by_side(fns, repeats, warmup=1):
+    """Median wall time of each of several functions, timed in turn within each round so
+    that a busy or throttling machine slows them all alike and the ratios stay fair."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 # --- sections ------------------------------------------------------------------------
 
+SECTIONS = {}  # name -> function(quick) returning rows (what, measured, goal, detail)
+
 # (sections are added below, one function each, and listed in SECTIONS)
 
-SECTIONS = {}
+
+def _bench_model(use_bio_mlp, quick, plain_autograd=False):
+    """A small model (4 layers, 256 dim, B=8, T=256) for the Wiggle-vs-GELU figures. The
+    vocabulary is kept small so the blocks, not the output layer, dominate what is measured."""
+    from model_bio import GPT, GPTConfig, OscillatingActivation
+    cfg = GPTConfig(block_size=256, vocab_size=2048, n_layer=4, n_head=4, n_embd=256, use_bio_mlp=use_bio_mlp)
+    model = GPT(cfg)
+    if plain_autograd:  # the original formulation: autograd keeps sin, cos, tanh for backward
+        for block in model.transformer.h:
+            act = block.mlp.activation
+            act.forward = lambda x, a=act: torch.sin(a.omega * x + a.phi) * torch.tanh(x) + a.baseline
+            assert isinstance(act, OscillatingActivation)
+    B, T = (4, 128) if quick else (8, 256)
+    idx = torch.randint(0, cfg.vocab_size, (B, T))
+    return model, idx
+
+
+def _saved_bytes(model, idx):
+    """Bytes autograd keeps for backward in one training forward (unique storages)."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, loss = model(idx, idx)
+    loss.backward()
+    params = {(p.untyped_storage().data_ptr(), p.dtype) for p in model.parameters()}
+    return sum(n for key, n in seen.items() if key not in params)  # activations only
+
+
+def bench_activation(quick):
+    """Oscillating neuron vs GELU: activation memory saved for backward, and train step time."""
+    models = {name: _bench_model(bio, quick, plain) for name, bio, plain in
+              [("wiggle", True, False), ("gelu", False, False), ("plain_autograd", True, True)]}
+    memory = {name: _saved_bytes(m, idx) for name, (m, idx) in models.items()}
+
+    def step(model, idx, opt):
+        _, loss = model(idx, idx)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    steps = {}
+    for name, (model, idx) in models.items():
+        opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cpu")
+        steps[name] = lambda model=model, idx=idx, opt=opt: step(model, idx, opt)
+    times = median_seconds_side_by_side(steps, repeats=3 if quick else 7)
+    mb = lambda n: f"{n / 2**20:.0f} MB"
+    ms = lambda s: f"{s * 1000:.0f} ms"
+    return [
+        ("activation memory Wiggle/GELU", f"{memory['wiggle'] / memory['gelu']:.2f}x", "<= 1.05x",
+         f"{mb(memory['wiggle'])} vs {mb(memory['gelu'])} saved for backward"),
+        ("  plain-autograd Wiggle/GELU", f"{memory['plain_autograd'] / memory['gelu']:.2f}x", "(reference)",
+         f"{mb(memory['plain_autograd'])}: the original formulation"),
+        ("train step time Wiggle/GELU", f"{times['wiggle'] / times['gelu']:.2f}x", "<= 1.15x",
+         f"{ms(times['wiggle'])} vs {ms(times['gelu'])} per step, CPU fp32"),
+        ("  plain-autograd Wiggle/GELU", f"{times['plain_autograd'] / times['gelu']:.2f}x", "(reference)",
+         f"{ms(times['plain_autograd'])} per step"),
+    ]
+
+
+SECTIONS["activation"] = bench_activation
+
+
+def bench_gpu_124m(quick):
+    """Tokens/s and MFU of the published 124M config in bf16 on a CUDA GPU (skipped without one)."""
+    if not torch.cuda.is_available():
+        return [("124M bf16 training on GPU", "skipped", "-", "no CUDA GPU on this machine")]
+    from model_bio import GPT, GPTConfig
+    from settings_bio import pick_dtype
+    dtype = pick_dtype("auto", "cuda")
+    model = GPT(GPTConfig()).cuda()
+    opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cuda")
+    B, T = (4, 1024)
+    idx = torch.randint(0, 50304, (B, T), device="cuda")
+    scaler = torch.amp.GradScaler(enabled=(dtype == "float16"))
+
+    def step():
+        with torch.autocast("cuda", dtype=getattr(torch, dtype)):
+            _, loss = model(idx, idx)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()  # time the GPU work, not the launch
+
+    dt = median_seconds(step, 3 if quick else 10, warmup=2)
+    peak = 989e12 if "H100" in torch.cuda.get_device_name(0) else 312e12
+    mfu = model.estimate_mfu(B * T, dt, peak)
+    return [("124M training tokens/s (GPU)", f"{B * T / dt:,.0f}", "-", f"{dtype}, B={B}, T={T}"),
+            ("124M MFU (GPU)", f"{mfu * 100:.1f}%", "-", f"of {peak / 1e12:.0f} TFLOP/s peak")]
+
+
+SECTIONS["gpu_124m"] = bench_gpu_124m
 
 
 # --- report --------------------------------------------------------------------------

@@ -122,9 +122,8 @@ def clean_state_dict(state_dict):
     causal-mask buffer the original's non-flash attention kept under 'attn.bias'."""
     clean = {}
     for key, value in state_dict.items():
-        for prefix in ("_orig_mod.", "module."):
-            while key.startswith(prefix):
-                key = key[len(prefix):]
+        while key.startswith(("_orig_mod.", "module.")):
+            key = key.split(".", 1)[1]
         if key.endswith(".attn.bias"):
             continue
         clean[key] = value

@@ -58,8 +58,9 @@ def _check_type(key, value, default, where):
             return type(default)(value)
     elif isinstance(default, type(value)):
         return value
-    raise UserError(f"{key}={value!r} {where} should be a {type(default).__name__} "
-                    f"like the default {default!r}")
+    kind = type(default).__name__
+    article = "an" if kind[0] in "aeiou" else "a"
+    raise UserError(f"{key}={value!r} {where} should be {article} {kind} like the default {default!r}")
 
 
 def _parse_value(text, default):
