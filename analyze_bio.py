@@ -1,0 +1,407 @@
+"""
+What did the oscillating neurons learn? Statistics of omega, phi and baseline in a checkpoint.
+
+    python analyze_bio.py --ckpt=out-shakespeare-bio/ckpt.pt
+    python analyze_bio.py --ckpt=ckpt_pretrain.pt --compare=ckpt_finetune.pt --plots=plots
+
+Reads the state dict and config only (this project's checkpoints or the original WiggleGPT
+files) and prints, overall and per layer, next to the initialisation values:
+- omega (frequency): mean, std, min, max and the share of neurons with |omega| > 0.1
+  (oscillating; the rest are close to linear: sin(phi + small) * tanh(x))
+- phi (phase): mean, std, min, max, range and coverage of [-pi, pi]: after wrapping phi into
+  [-pi, pi), the share of 36 equal bins (10 degrees each) that hold at least one neuron
+- baseline, and the sparse gate's gate_weight / gate_bias when the model has one
+Standard deviations are population ones (numpy's default, ddof=0).
+
+--compare=other: the stability table between two checkpoints of the same shape (e.g.
+pretrain -> fine-tune): each statistic before, after and its change; the mean and max
+absolute per-neuron change of omega; the share of neurons whose omega or phi moved by more
+than 0.1 and 0.5 (raw parameter change, phi not wrapped); the share of linearized neurons
+(|omega| < 0.1) before and after. --plots=dir writes PNG histograms and activation curves.
+"""
+
+import math
+import os
+
+import numpy as np
+import torch
+
+from checkpoint_bio import CheckpointError, clean_state_dict, is_original_format, load_checkpoint, model_config
+from settings_bio import UserError, load_settings, run_main
+
+SETTINGS = {
+    "ckpt": ("", "checkpoint to analyze (this project's format or the original WiggleGPT one)"),
+    "compare": ("", "a second checkpoint of the same shape: print the stability table from ckpt to it"),
+    "plots": ("", "folder for PNG histograms and activation curves (default: no plots)"),
+    "seed": (0, "random seed for the random neurons drawn in the activation-curve plot"),
+}
+
+# (mean, std) at init, as model_bio.GPT.init_weights sets them
+INIT = {"omega": (1.0, 0.1), "phi": (0.0, 0.1), "baseline": (0.0, 0.0), "gate_weight": (1.0, 0.0),
+        "gate_bias": (0.0, 0.0)}
+ACTIVE_OMEGA = 0.1  # |omega| above this: the neuron oscillates; below: close to linear
+PHASE_BINS = 36  # coverage of [-pi, pi) is counted in 36 bins of 10 degrees
+SHIFTS = (0.1, 0.5)  # per-neuron change thresholds of the stability table
+# where each parameter sits under transformer.h.{i}.mlp. in the state dict
+STATE_NAMES = {"omega": "activation.omega", "phi": "activation.phi", "baseline": "activation.baseline",
+               "gate_weight": "gate_weight", "gate_bias": "gate_bias"}
+PARAMS = tuple(STATE_NAMES)
+
+
+# ---------------------------------------------------------------------------------------
+# reading the neurons out of a checkpoint
+
+def load_neurons(path):
+    """The oscillating parameters of a checkpoint, per layer, as float64 numpy arrays.
+
+    Returns dict(path, config, info, layers) with layers a list of
+    {"omega", "phi", "baseline"[, "gate_weight", "gate_bias"]} per transformer block.
+    """
+    ckpt = load_checkpoint(path)
+    config = model_config(ckpt, path)
+    state = clean_state_dict(ckpt["model"])
+    layers = []
+    for i in range(config.n_layer):
+        prefix = f"transformer.h.{i}.mlp."
+        layer = {k: state[prefix + v].detach().double().numpy().ravel()
+                 for k, v in STATE_NAMES.items() if prefix + v in state}
+        if "omega" not in layer:
+            if i == 0:
+                raise UserError(f"{path} has no oscillating neurons (use_bio_mlp={config.use_bio_mlp}: "
+                                f"its MLPs use GELU); nothing to analyze")
+            raise CheckpointError(f"{path}: layer {i} has no {prefix}activation.omega")
+        missing = [k for k in ("phi", "baseline") if k not in layer]
+        if missing:
+            raise CheckpointError(f"{path}: layer {i} has omega but no {', '.join(missing)}")
+        layers.append(layer)
+    return dict(path=path, config=config, info=checkpoint_info(ckpt), layers=layers)
+
+
+def checkpoint_info(ckpt):
+    """Format, iteration and best val loss, wherever the checkpoint keeps them."""
+    train = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), dict) else {}
+    iter_num = ckpt.get("iter_num", train.get("iter_num"))
+    best = ckpt.get("best_val_loss", train.get("best_val_loss"))
+    if isinstance(best, torch.Tensor):
+        best = best.item()
+    return dict(format="original WiggleGPT" if is_original_format(ckpt) else "wigglegpt-bio",
+                iter_num=iter_num, best_val_loss=best)
+
+
+def all_layers(layers, name):
+    return np.concatenate([layer[name] for layer in layers])
+
+
+# ---------------------------------------------------------------------------------------
+# statistics (plain dicts of floats, so tests can check the numbers)
+
+def basic_stats(values):
+    v = np.asarray(values, dtype=np.float64)
+    return dict(n=int(v.size), mean=float(v.mean()), std=float(v.std()), min=float(v.min()), max=float(v.max()))
+
+
+def wrap_phase(phi):
+    """phi wrapped into [-pi, pi): the same sine, one period."""
+    return np.mod(np.asarray(phi, dtype=np.float64) + math.pi, 2 * math.pi) - math.pi
+
+
+def omega_stats(omega):
+    s = basic_stats(omega)
+    a = np.abs(np.asarray(omega, dtype=np.float64))
+    s["active_share"] = float((a > ACTIVE_OMEGA).mean())  # |omega| > 0.1
+    s["linear_share"] = float((a < ACTIVE_OMEGA).mean())  # |omega| < 0.1
+    return s
+
+
+def phi_stats(phi):
+    """Basic statistics of the raw phi, its range, and the coverage of [-pi, pi) after wrapping."""
+    s = basic_stats(phi)
+    s["range"] = s["max"] - s["min"]
+    bins = np.floor((wrap_phase(phi) + math.pi) / (2 * math.pi) * PHASE_BINS).astype(int)
+    bins = np.clip(bins, 0, PHASE_BINS - 1)  # float rounding at exactly +pi
+    s["coverage"] = len(np.unique(bins)) / PHASE_BINS
+    return s
+
+
+def group_stats(layer):
+    """Every statistic of one group of neurons (a layer, or all layers concatenated)."""
+    s = dict(omega=omega_stats(layer["omega"]), phi=phi_stats(layer["phi"]),
+             baseline=basic_stats(layer["baseline"]))
+    for name in ("gate_weight", "gate_bias"):
+        if name in layer:
+            s[name] = basic_stats(layer[name])
+    return s
+
+
+def merged(layers):
+    return {name: all_layers(layers, name) for name in PARAMS if name in layers[0]}
+
+
+def analyze(layers):
+    """{"overall": group_stats of all neurons, "layers": [group_stats per layer]}."""
+    return dict(overall=group_stats(merged(layers)), layers=[group_stats(layer) for layer in layers])
+
+
+def check_same_shape(a, b):
+    """Two neuron sets can be compared neuron by neuron only if every layer has the same size."""
+    sa = [layer["omega"].size for layer in a["layers"]]
+    sb = [layer["omega"].size for layer in b["layers"]]
+    if sa != sb:
+        def shape(s):
+            return f"{len(s)} layers x {s[0]} neurons" if len(set(s)) == 1 else f"layer sizes {s}"
+        raise UserError(f"cannot compare checkpoints of different shapes: {a['path']} has {shape(sa)}, "
+                        f"{b['path']} has {shape(sb)}")
+
+
+def shift_stats(before, after):
+    """The stability numbers for one group of neurons: before, after, and what moved."""
+    s = {}
+    for name, stats in (("omega", omega_stats), ("phi", phi_stats)):
+        b, a = stats(before[name]), stats(after[name])
+        delta = np.abs(after[name] - before[name])
+        s[name] = dict(before=b, after=a, change={k: a[k] - b[k] for k in ("mean", "std", "min", "max")},
+                       mean_abs_change=float(delta.mean()), max_abs_change=float(delta.max()),
+                       moved={t: float((delta > t).mean()) for t in SHIFTS})
+    s["linear_before"] = s["omega"]["before"]["linear_share"]
+    s["linear_after"] = s["omega"]["after"]["linear_share"]
+    return s
+
+
+def compare(a_layers, b_layers):
+    """{"overall": shift_stats of all neurons, "layers": [shift_stats per layer]}."""
+    return dict(overall=shift_stats(merged(a_layers), merged(b_layers)),
+                layers=[shift_stats(x, y) for x, y in zip(a_layers, b_layers)])
+
+
+# ---------------------------------------------------------------------------------------
+# printing
+
+def row(label, values):
+    """A table row: floats to 4 decimals, strings (shares, '-') as given, 10 wide each."""
+    return f"  {label:<12}" + "".join(f"{v:>10.4f}" if isinstance(v, float) else f"{v:>10}" for v in values)
+
+
+def header(title, columns):
+    return f"{title:<14}" + "".join(f"{c:>10}" for c in columns)
+
+
+def print_card(neurons, stats):
+    cfg, info, layers = neurons["config"], neurons["info"], neurons["layers"]
+    n_total = sum(layer["omega"].size for layer in layers)
+    extra = ""
+    if info["iter_num"] is not None:
+        extra += f", iter {info['iter_num']}"
+    if info["best_val_loss"] is not None:
+        extra += f", best val loss {float(info['best_val_loss']):.4f}"
+    print(f"checkpoint {neurons['path']} ({info['format']} format{extra})")
+    print(f"{cfg.n_layer} layers x {layers[0]['omega'].size} oscillating neurons = {n_total} neurons "
+          f"(n_embd {cfg.n_embd}, sparse gate {'on' if 'gate_weight' in layers[0] else 'off'})")
+    groups = [("all layers", stats["overall"])] + [(f"layer {i}", s) for i, s in enumerate(stats["layers"])]
+
+    print()
+    print(header("omega", ["mean", "std", "min", "max", "active"]))
+    print(row("init", [INIT["omega"][0], INIT["omega"][1], "-", "-", "-"]))
+    for label, s in groups:
+        o = s["omega"]
+        print(row(label, [o["mean"], o["std"], o["min"], o["max"], f"{o['active_share']:.1%}"]))
+    print(f"  active: share of neurons with |omega| > {ACTIVE_OMEGA} (the others are close to linear)")
+
+    print()
+    print(header("phi", ["mean", "std", "min", "max", "range", "coverage"]))
+    print(row("init", [INIT["phi"][0], INIT["phi"][1], "-", "-", "-", "-"]))
+    for label, s in groups:
+        p = s["phi"]
+        print(row(label, [p["mean"], p["std"], p["min"], p["max"], p["range"], f"{p['coverage']:.1%}"]))
+    print(f"  coverage: share of the {PHASE_BINS} equal bins of [-pi, pi) ({360 // PHASE_BINS} degrees each) "
+          f"holding at least one neuron, after wrapping phi into [-pi, pi)")
+
+    for name in ("baseline", "gate_weight", "gate_bias"):
+        if name not in stats["overall"]:
+            continue
+        print()
+        print(header(name, ["mean", "std", "min", "max"]))
+        print(row("init", [*INIT[name], "-", "-"]))
+        for label, s in groups:
+            b = s[name]
+            print(row(label, [b["mean"], b["std"], b["min"], b["max"]]))
+
+
+def print_stability(a, b, cmp):
+    print()
+    print(f"stability: {a['path']} -> {b['path']}")
+    o = cmp["overall"]
+    print(header("", ["before", "after", "change"]))
+    for name, label in (("omega", "omega"), ("phi", "phi")):
+        for stat in ("mean", "std", "min", "max"):
+            s = o[name]
+            print(row(f"{label} {stat}", [f"{s['before'][stat]:.4f}", f"{s['after'][stat]:.4f}",
+                                          f"{s['change'][stat]:+.4f}"]))
+    om, ph = o["omega"], o["phi"]
+    print(f"  mean |omega change| {om['mean_abs_change']:.4f}, max {om['max_abs_change']:.4f}; "
+          f"mean |phi change| {ph['mean_abs_change']:.4f}, max {ph['max_abs_change']:.4f}")
+    for t in SHIFTS:
+        print(f"  neurons whose omega moved > {t}: {om['moved'][t]:.2%}; phi moved > {t}: {ph['moved'][t]:.2%}")
+    print(f"  linearized neurons (|omega| < {ACTIVE_OMEGA}): {o['linear_before']:.2%} before, "
+          f"{o['linear_after']:.2%} after")
+
+    for name in ("omega", "phi"):
+        cols = ["mean bef", "mean aft", "std bef", "std aft", "mean|d|", "max|d|", "d>0.1", "d>0.5"]
+        print()
+        print(header(f"{name} by layer", cols + (["lin bef", "lin aft"] if name == "omega" else [])))
+        for i, s in enumerate(cmp["layers"]):
+            p = s[name]
+            values = [p["before"]["mean"], p["after"]["mean"], p["before"]["std"], p["after"]["std"],
+                      p["mean_abs_change"], p["max_abs_change"], f"{p['moved'][0.1]:.1%}", f"{p['moved'][0.5]:.1%}"]
+            if name == "omega":
+                values += [f"{s['linear_before']:.1%}", f"{s['linear_after']:.1%}"]
+            print(row(f"layer {i}", values))
+    print("  (bef/aft: before/after; |d|: absolute per-neuron change; d>t: share of neurons that moved\n"
+          "   more than t; lin: share of linearized neurons, |omega| < 0.1)")
+
+
+# ---------------------------------------------------------------------------------------
+# plots
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_histograms(sets, path):
+    """Overall omega and phi histograms; sets is [(label, layers)], one overlaid colour each."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ax, name in zip(axes, ("omega", "phi")):
+        values = [all_layers(layers, name) for _, layers in sets]
+        edges = np.histogram_bin_edges(np.concatenate(values), bins=80)
+        for (label, _), v in zip(sets, values):
+            ax.hist(v, bins=edges, alpha=0.55 if len(sets) > 1 else 0.85, label=f"{label} ({v.size} neurons)")
+        mean, std = INIT[name]
+        ax.axvspan(mean - std, mean + std, color="gray", alpha=0.15, label=f"init mean +- std ({mean:g} +- {std:g})")
+        if name == "omega":
+            ax.axvspan(-ACTIVE_OMEGA, ACTIVE_OMEGA, color="red", alpha=0.15, label="|omega| < 0.1 (linear)")
+        else:
+            ax.axvline(-math.pi, color="k", ls=":", lw=1, label="-pi, pi")
+            ax.axvline(math.pi, color="k", ls=":", lw=1)
+        ax.set_title(f"{name}, all layers")
+        ax.set_xlabel(name)
+        ax.set_ylabel("neurons")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.35)  # headroom: the legend sits above the bars
+        ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_layer_histograms(sets, path):
+    """One row per parameter (omega, phi), one column per layer, as a grid of small histograms
+    (wrapped in rows of at most 6 layers)."""
+    plt = _pyplot()
+    n_layer = len(sets[0][1])
+    per_row = min(6, n_layer)
+    row_blocks = math.ceil(n_layer / per_row)
+    fig, axes = plt.subplots(2 * row_blocks, per_row, figsize=(2.6 * per_row, 2.2 * 2 * row_blocks),
+                             squeeze=False)
+    for p, name in enumerate(("omega", "phi")):
+        edges = np.histogram_bin_edges(np.concatenate([all_layers(layers, name) for _, layers in sets]), bins=50)
+        for i in range(row_blocks * per_row):
+            ax = axes[2 * (i // per_row) + p, i % per_row]
+            if i >= n_layer:
+                ax.axis("off")
+                continue
+            for label, layers in sets:
+                ax.hist(layers[i][name], bins=edges, alpha=0.55 if len(sets) > 1 else 0.85, label=label)
+            ax.set_title(f"layer {i}: {name}", fontsize=9)
+            ax.tick_params(labelsize=7)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=len(sets))
+    fig.suptitle("omega and phi per layer", x=0.02, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def pick_neurons(layers, n_random=2, seed=0):
+    """(layer, index) of the neurons with the lowest, median and highest omega, plus random ones."""
+    omega = all_layers(layers, "omega")
+    offsets = np.cumsum([0] + [layer["omega"].size for layer in layers])
+    order = np.argsort(omega, kind="stable")
+    chosen = [("lowest omega", order[0]), ("median omega", order[len(order) // 2]), ("highest omega", order[-1])]
+    rng = np.random.default_rng(seed)
+    for flat in rng.choice(len(omega), size=min(n_random, len(omega)), replace=False):
+        chosen.append(("random", flat))
+    picks = []
+    for why, flat in chosen:
+        layer = int(np.searchsorted(offsets, flat, side="right") - 1)
+        picks.append((why, layer, int(flat - offsets[layer])))
+    return picks
+
+
+def activation_curve(layer, index, x):
+    """The project's activation (model_bio.OscillateFunction) for one neuron over x."""
+    from model_bio import OscillateFunction
+    params = [torch.tensor(layer[k][index:index + 1]) for k in ("omega", "phi", "baseline")]
+    with torch.no_grad():
+        return OscillateFunction.apply(torch.as_tensor(x)[:, None], *params)[:, 0].numpy()
+
+
+def plot_activations(layers, path, seed=0):
+    """f(x) on [-4, 4] for a few neurons, with GELU for reference."""
+    plt = _pyplot()
+    x = np.linspace(-4, 4, 801)
+    fig, ax = plt.subplots(figsize=(10, 6.5))
+    ax.plot(x, torch.nn.functional.gelu(torch.tensor(x)).numpy(), color="k", lw=2.5, ls="--", label="GELU")
+    lo, hi = 0.0, 0.0
+    for why, layer, index in pick_neurons(layers, seed=seed):
+        p = layers[layer]
+        y = activation_curve(p, index, x)
+        lo, hi = min(lo, y.min()), max(hi, y.max())
+        ax.plot(x, y, lw=1.5, label=f"{why}: layer {layer} #{index}, omega={p['omega'][index]:.2f}, "
+                                    f"phi={p['phi'][index]:.2f}, baseline={p['baseline'][index]:.2f}")
+    ax.set_ylim(lo - 0.3, max(hi + 0.3, 2.0))  # the neurons fill the plot; GELU leaves it at the top
+    ax.axhline(0, color="gray", lw=0.5)
+    ax.set_xlabel("x (the neuron's input)")
+    ax.set_ylabel("f(x) = sin(omega x + phi) tanh(x) + baseline")
+    ax.set_title("learned activation curves vs GELU")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_plots(folder, sets, seed=0):
+    """All PNGs for sets [(label, layers)]; activation curves for the last set. Returns the paths."""
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.join(folder, name) for name in ("omega_phi_hist.png", "omega_phi_layers.png", "activations.png")]
+    plot_histograms(sets, paths[0])
+    plot_layer_histograms(sets, paths[1])
+    plot_activations(sets[-1][1], paths[2], seed=seed)
+    return paths
+
+
+def main(argv=None):
+    cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
+    if not cfg.ckpt:
+        raise UserError("give the checkpoint to analyze: --ckpt=path/to/ckpt.pt")
+    neurons = load_neurons(cfg.ckpt)
+    stats = analyze(neurons["layers"])
+    print_card(neurons, stats)
+    sets = [(cfg.ckpt, neurons["layers"])]
+    cmp = None
+    if cfg.compare:
+        other = load_neurons(cfg.compare)
+        check_same_shape(neurons, other)
+        cmp = compare(neurons["layers"], other["layers"])
+        print_stability(neurons, other, cmp)
+        sets.append((cfg.compare, other["layers"]))
+    if cfg.plots:
+        print()
+        for path in write_plots(cfg.plots, sets, seed=cfg.seed):
+            print(f"wrote {path}")
+    return dict(stats=stats, compare=cmp)
+
+
+if __name__ == "__main__":
+    run_main(main)

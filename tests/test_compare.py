@@ -1,0 +1,197 @@
+"""Protects compare_bio.py: the table's numbers (params, tokens, iterations, final and best val
+loss, median tokens/s, peak memory) from metrics.jsonl files written here; a resumed run
+(several start records) counts only its final timeline, the last record of each iteration;
+the loss-curve PNG is written; --rope_variants plans a real-RoPE and a legacy-RoPE run of
+each RoPE config; a folder without metrics.jsonl is one clear error (exit 2, no traceback);
+and --run trains two tiny configs through train_bio.py and compares them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import compare_bio
+from conftest import ROOT
+from settings_bio import UserError
+
+
+def write_metrics(folder, records):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "metrics.jsonl"), "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+def start(it, params):
+    return {"kind": "start", "iter": it, "params": params, "tokens_per_iter": 100, "config": {"seed": 1}, "time": 0.0}
+
+
+def train(it, loss, tps):
+    return {"kind": "train", "iter": it, "loss": loss, "lr": 1e-3, "dt_ms": 10.0, "mfu": None,
+            "tokens": (it + 1) * 100, "tokens_per_sec": tps, "sparsity": None}
+
+
+def evaluation(it, val, mem):
+    return {"kind": "eval", "iter": it, "train_loss": val - 0.1, "val_loss": val, "tokens": it * 100,
+            "lr": 1e-3, "peak_mem_mb": mem}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    """Run A: 10 steps in one go. Run B: crashed after its checkpoint at iter 5, resumed from it."""
+    a = tmp_path / "run-a"
+    write_metrics(a, [start(0, 1_234_567), evaluation(0, 4.0, 300.0)]
+                  + [train(i, 4.0 - 0.1 * i, 1000.0 + i) for i in range(10)]
+                  + [evaluation(5, 3.2, 310.0), evaluation(10, 3.0, 320.5),
+                     {"kind": "end", "iter": 10, "best_val_loss": 3.0, "tokens": 1000, "elapsed_s": 1.0,
+                      "reason": "max_iters"}])
+    b = tmp_path / "run-b"
+    first = ([start(0, 2_000_000), evaluation(0, 4.1, 500.0)] + [train(i, 9.0, 50.0) for i in range(8)]
+             + [evaluation(5, 3.5, 510.0), evaluation(8, 1.0, 999.0)])  # iters 5..8 are lost in the crash
+    second = ([start(5, 2_000_000)] + [train(i, 3.0, 300.0) for i in range(5, 10)]
+              + [evaluation(10, 2.9, 520.0),
+                 {"kind": "end", "iter": 10, "best_val_loss": 2.9, "tokens": 1000, "elapsed_s": 1.0,
+                  "reason": "max_iters"}])
+    write_metrics(b, first + second)
+    return str(a), str(b)
+
+
+def test_summary_numbers(runs):
+    a = compare_bio.summarize("run-a", compare_bio.read_metrics(runs[0]))
+    assert a["params"] == 1_234_567
+    assert a["tokens"] == 1000
+    assert a["iters"] == 10
+    assert a["final_val_loss"] == 3.0
+    assert a["best_val_loss"] == 3.0
+    assert a["tokens_per_sec"] == pytest.approx(1004.5)  # median of 1000..1009
+    assert a["peak_mem_mb"] == 320.5
+    assert a["status"] == "max_iters"
+
+
+def test_unfinished_run_and_bad_records(tmp_path):
+    folder = tmp_path / "cut"
+    write_metrics(folder, [start(0, 10), evaluation(0, 4.0, 1.0), train(0, 4.0, 9.0)])
+    with open(folder / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "train", "it')  # killed mid-write
+    row = compare_bio.summarize("cut", compare_bio.read_metrics(str(folder)))
+    assert row["status"] == "unfinished" and row["iters"] == 1 and row["tokens"] == 100
+    write_metrics(folder, [start(0, 10), {"kind": "eval", "iter": 0, "tokens": 0}, train(0, 4.0, 9.0)])
+    with pytest.raises(UserError, match="line 2: eval record without"):
+        compare_bio.read_metrics(str(folder))
+
+
+def test_resumed_run_keeps_only_its_final_timeline(runs):
+    start_rec, trains, evals, end = compare_bio.current_timeline(compare_bio.read_metrics(runs[1]))
+    assert start_rec["iter"] == 5 and end["iter"] == 10
+    assert [t["iter"] for t in trains] == list(range(10))
+    assert [t["loss"] for t in trains[5:]] == [3.0] * 5  # the resumed process's values, not the lost 9.0s
+    assert [e["iter"] for e in evals] == [0, 5, 10]  # the eval at 8 belonged to the lost timeline
+    b = compare_bio.summarize("run-b", compare_bio.read_metrics(runs[1]))
+    assert b["best_val_loss"] == 2.9  # not the lost 1.0
+    assert b["peak_mem_mb"] == 520.0
+    assert b["tokens_per_sec"] == pytest.approx(175.0)  # median of five 50s (iters 0..4) and five 300s
+
+
+def test_table_and_plot(runs, tmp_path, capsys):
+    plot = tmp_path / "curves.png"
+    compare_bio.main([*runs, f"--plot={plot}"])
+    out = capsys.readouterr().out
+    row_a = next(line for line in out.splitlines() if line.startswith("run-a"))
+    row_b = next(line for line in out.splitlines() if line.startswith("run-b"))
+    assert row_a.split() == ["run-a", "1,234,567", "1,000", "10", "3.0000", "3.0000", "1,004", "320.5"]
+    assert row_b.split() == ["run-b", "2,000,000", "1,000", "10", "2.9000", "2.9000", "175", "520.0"]
+    data = plot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_metrics_file_paths_and_default_plot(runs, tmp_path, capsys):
+    out_root = tmp_path / "cmp"
+    rows = compare_bio.main([os.path.join(runs[0], "metrics.jsonl"), runs[1], f"--out_root={out_root}"])
+    assert [r["name"] for r in rows] == ["run-a", "run-b"]
+    assert (out_root / "compare.png").stat().st_size > 10_000
+
+
+def test_rope_variants_plan(tmp_path):
+    bio = tmp_path / "tiny_bio.py"
+    bio.write_text("use_rope = True\n")
+    gelu = tmp_path / "tiny_gelu.py"
+    gelu.write_text("use_rope = False\n")
+    plan = compare_bio.planned_runs([str(bio), str(gelu)], rope_variants=True, train_args=[])
+    assert [(name, extra) for name, _, extra in plan] == [
+        ("tiny_bio-rope", ["--legacy_rope=False"]), ("tiny_bio-legacy_rope", ["--legacy_rope=True"]),
+        ("tiny_gelu", [])]
+    assert [name for name, _, _ in compare_bio.planned_runs([str(bio)], False, [])] == ["tiny_bio"]
+    # an extra --use_rope=False for every run leaves nothing to vary
+    assert [name for name, _, _ in compare_bio.planned_runs([str(bio)], True, ["--use_rope=False"])] == ["tiny_bio"]
+    with pytest.raises(UserError, match="share the name"):
+        compare_bio.planned_runs([str(bio), str(bio)], False, [])
+
+
+def test_missing_metrics_is_one_clear_error(tmp_path, runs):
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "compare_bio.py"), runs[0], str(empty)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "has no metrics.jsonl" in r.stderr
+    with pytest.raises(UserError, match="two or more"):
+        compare_bio.main([runs[0]])
+    with pytest.raises(UserError, match="only apply with --run"):
+        compare_bio.main([*runs, "--rope_variants"])
+
+
+TINY = """\
+device = "cpu"
+compile = False
+data_root = {data_root!r}
+dataset = "tiny"
+vocab_size = 64
+n_layer = 1
+n_head = 2
+n_embd = 16
+block_size = 16
+batch_size = 4
+gradient_accumulation_steps = 1
+max_iters = 50
+eval_interval = 3
+eval_iters = 2
+log_interval = 1
+learning_rate = 1e-2
+min_lr = 1e-3
+warmup_iters = 1
+lr_decay_iters = 6
+use_bio_mlp = {bio}
+use_rmsnorm = {bio}
+use_rope = {bio}
+"""
+
+
+def test_run_trains_two_configs(tmp_path):
+    data = tmp_path / "data" / "tiny"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rng.integers(0, 64, 3000, dtype=np.uint16).tofile(data / "train.bin")
+    rng.integers(0, 64, 600, dtype=np.uint16).tofile(data / "val.bin")
+    configs = []
+    for name, bio in (("tiny_bio", True), ("tiny_gelu", False)):
+        path = tmp_path / f"{name}.py"
+        path.write_text(TINY.format(data_root=str(tmp_path / "data"), bio=bio))
+        configs.append(str(path))
+    out_root = tmp_path / "runs"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "compare_bio.py"), "--run", *configs,
+                        "--max_iters=6", "--seed=7", f"--out_root={out_root}"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.startswith("tiny_")}
+    assert set(rows) == {"tiny_bio", "tiny_gelu"}
+    for name, row in rows.items():
+        assert row[2] == "384" and row[3] == "6"  # 6 iterations x 4 x 16 tokens: max_iters reached every run
+        start = json.loads((out_root / name / "metrics.jsonl").read_text().splitlines()[0])
+        assert start["config"]["seed"] == 7 and start["config"]["max_iters"] == 6
+        assert start["config"]["use_bio_mlp"] == (name == "tiny_bio")
+        assert int(row[1].replace(",", "")) == start["params"]
+    assert (out_root / "compare.png").stat().st_size > 10_000
