@@ -51,6 +51,36 @@ SECTIONS = {}  # name -> function(quick) returning rows (what, measured, goal, d
 # (sections are added below, one function each, and listed in SECTIONS)
 
 
+def bench_kv_cache(quick):
+    """Greedy generation speed with the KV cache vs recomputing the whole context per token."""
+    from engine_bio import generate
+    from model_bio import GPT, GPTConfig
+    # Both loops run the output layer on the last position only, and at batch 1 on a CPU its
+    # 50304 x n_embd weights are read from memory every step: a model much smaller than this
+    # one would mostly time that shared cost. Quick mode makes fewer tokens, not a smaller model.
+    cfg = GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=512, vocab_size=50304)
+    prompt_len, new = 64, 128 if quick else 256
+    model = GPT(cfg).eval()
+    prompt = torch.randint(0, 50257, (prompt_len,)).tolist()
+    outputs = {}
+
+    def run(use_cache):
+        outputs[use_cache] = list(generate(model, prompt, new, temperature=0, use_cache=use_cache))
+
+    for use_cache in (True, False):  # warm-up on a short run: the full-recompute one is long
+        list(generate(model, prompt, 4, temperature=0, use_cache=use_cache))
+    times = median_seconds_side_by_side({"cache": lambda: run(True), "full": lambda: run(False)},
+                                        repeats=1, warmup=0)  # 128-256 steps each: averaged enough
+    speedup = times["full"] / times["cache"]
+    same = "same tokens" if outputs[True] == outputs[False] else "TOKENS DIFFER"
+    return [("generation with KV cache / full recompute", f"{speedup:.1f}x", ">= 5x",
+             f"{new / times['cache']:.0f} vs {new / times['full']:.1f} tok/s, {new} tokens after {prompt_len}, "
+             f"{cfg.n_layer}L/{cfg.n_embd}d/vocab {cfg.vocab_size}, greedy, CPU fp32, {same}")]
+
+
+SECTIONS["kv_cache"] = bench_kv_cache
+
+
 def _bench_model(use_bio_mlp, quick, plain_autograd=False):
     """A small model (4 layers, 256 dim, B=8, T=256) for the Wiggle-vs-GELU figures. The
     vocabulary is kept small so the blocks, not the output layer, dominate what is measured."""
@@ -146,6 +176,91 @@ def bench_gpu_124m(quick):
 
 
 SECTIONS["gpu_124m"] = bench_gpu_124m
+
+
+def bench_data_prep(quick):
+    """Data preparation: batched multi-threaded encoding vs a one-thread per-document loop on
+    the same jsonl (Shakespeare, written to a temp dir), and the peak memory of the real script
+    in a fresh process per input size, which must stay flat as the input grows 5x."""
+    import contextlib
+    import io
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    import numpy as np
+
+    import dataprep_bio
+    from tokenizer_bio import EOT, get_tokenizer
+
+    def write_corpus(path, megabytes):
+        chunks = [row["text"] for row in dataprep_bio.shakespeare_documents()]
+        written, index = 0, 0
+        with open(path, "w", encoding="utf-8") as f:
+            while written < megabytes * 2**20:
+                line = json.dumps({"text": f"{index}\n" + chunks[index % len(chunks)]}) + "\n"
+                f.write(line)
+                written, index = written + len(line), index + 1
+        return path
+
+    def batched(path, out_dir, tokens):
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # no summaries
+            meta = dataprep_bio.prepare(
+                dataprep_bio.stream_rows(data_files=path), dataprep_bio.text_encoder("text", os.cpu_count() or 1),
+                out_dir, source=path, recipe={}, val_fraction=0.01, overwrite=True)
+        tokens["batched"] = meta["train_tokens"] + meta["val_tokens"]
+
+    def loop(path, out_dir, tokens):
+        enc, count = get_tokenizer(), 0
+        with open(os.path.join(out_dir, "loop.bin"), "wb") as f:
+            for row in dataprep_bio.stream_rows(data_files=path):
+                ids = np.array(enc.encode_ordinary(row["text"]) + [EOT], dtype=np.uint16)
+                f.write(ids.tobytes())
+                count += len(ids)
+        tokens["loop"] = count
+
+    def peak_rss_mb(path, out_dir):
+        # Linux carries a process's peak RSS across fork and exec, so the script is started from
+        # a small probe process rather than from this one (which holds torch); os.wait4 gives the
+        # peak of that one child, not the largest of all children so far
+        probe = ("import os, subprocess, sys; child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL); "
+                 "_, status, usage = os.wait4(child.pid, 0); print(usage.ru_maxrss); "
+                 "sys.exit(os.waitstatus_to_exitcode(status))")
+        command = [sys.executable, "-c", probe, sys.executable, "prepare_openwebtext_streaming.py",
+                   f"--data_files={path}", f"--out_dir={out_dir}", "--overwrite"]
+        result = subprocess.run(command, cwd=os.path.dirname(os.path.abspath(__file__)),
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"prepare_openwebtext_streaming.py failed: {result.stderr[-500:]}")
+        return int(result.stdout.split()[-1]) / 1024  # Linux reports KiB
+
+    speed_mb, small_mb, big_mb = (4, 4, 20) if quick else (20, 20, 100)
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        print("  data_prep: writing the corpora", flush=True)
+        paths = {mb: write_corpus(os.path.join(tmp, f"{mb}mb.jsonl"), mb) for mb in {speed_mb, small_mb, big_mb}}
+        tokens, warm = {}, write_corpus(os.path.join(tmp, "warm.jsonl"), 0.1)
+        batched(warm, tmp, tokens), loop(warm, tmp, tokens)  # imports and the tokenizer, once
+        times = median_seconds_side_by_side({"batched": lambda: batched(paths[speed_mb], tmp, tokens),
+                                             "loop": lambda: loop(paths[speed_mb], tmp, tokens)},
+                                            repeats=3, warmup=0)
+        rates = {name: tokens[name] / seconds for name, seconds in times.items()}
+        print("  data_prep: peak memory of the script, small and big input", flush=True)
+        rss = {mb: peak_rss_mb(paths[mb], os.path.join(tmp, f"out{mb}")) for mb in (small_mb, big_mb)}
+    return [
+        ("data prep: batched/loop tokens/s", f"{rates['batched'] / rates['loop']:.2f}x", ">= 1.6x",
+         f"{rates['batched'] / 1e6:.2f}M vs {rates['loop'] / 1e6:.2f}M tok/s, {os.cpu_count()} threads, "
+         f"{speed_mb} MB jsonl, load {load:.1f} at start"),
+        ("data prep: peak RSS", f"{max(rss.values()):.0f} MB", "< 1024 MB",
+         f"prepare_openwebtext_streaming.py on {big_mb} MB of jsonl, fresh process"),
+        (f"data prep: peak RSS, {big_mb} MB / {small_mb} MB input", f"{rss[big_mb] / rss[small_mb]:.2f}x",
+         "flat (<= 1.2x)", f"{rss[big_mb]:.0f} MB vs {rss[small_mb]:.0f} MB"),
+    ]
+
+
+SECTIONS["data_prep"] = bench_data_prep
 
 
 # --- report --------------------------------------------------------------------------

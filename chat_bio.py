@@ -1,0 +1,212 @@
+"""
+Chat with a fine-tuned WiggleGPT checkpoint in the terminal.
+
+    python chat_bio.py --ckpt=ckpt_finetune.pt                  # interactive
+    python chat_bio.py --ckpt=ckpt_finetune.pt --prompt="Hi!"    # one answer, then exit
+    cat questions.txt | python chat_bio.py --ckpt=...           # one reply line per input line
+
+The conversation is rendered with the shared chat template (tokenizer_bio). Replies stream
+as they are generated and end at <|/assistant|> or <|endoftext|>, neither of which is shown.
+The history is kept across turns; when it no longer fits the context, the oldest turns go
+first (the system prompt stays) so that max_new_tokens of room are left for the reply. The
+KV cache carries over between turns: only the part of the prompt that changed is prefilled.
+
+Interactive commands: /system <text> (empty: no system prompt), /clear, /help, quit or exit
+(Ctrl-D too). Ctrl-C stops the reply being written; the conversation goes on. With stdin
+not a terminal each input line is one user message (no commands) and each reply is printed
+on one line (its own line breaks become spaces); nothing else goes to stdout.
+"""
+
+import os
+import re
+import sys
+
+from engine_bio import TokenCache, check_options, generate, stream_text
+from sample_bio import load_for_sampling, prepare_stdout, write_stdout
+from settings_bio import UserError, autocast_for, load_settings, pick_device, pick_dtype, run_main
+from tokenizer_bio import ASSISTANT_END, EOT, VOCAB_SIZE, render_prompt
+
+SETTINGS = {
+    "out_dir": ("out", "folder of the checkpoint to chat with (its ckpt.pt) when --ckpt is not given"),
+    "ckpt": ("", "checkpoint file; overrides out_dir"),
+    "system": ("", "system prompt (empty: none)"),
+    "prompt": ("", "answer this one user message and exit"),
+    "max_new_tokens": (256, "most tokens in one reply (this much context is kept free for it)"),
+    "temperature": (0.7, "1.0 = the model's distribution, lower is more conservative, 0 = greedy"),
+    "top_k": (50, "sample only among the k most likely tokens (0 = off)"),
+    "top_p": (0.9, "sample only from the smallest set of tokens holding this much probability (1 = off)"),
+    "repetition_penalty": (1.1, "above 1 makes tokens already in the context less likely (1 = off)"),
+    "seed": (-1, "random seed for reproducible replies; turn i uses seed + i (negative: no seed)"),
+    "device": ("auto", "auto, cpu, cuda, cuda:N or mps"),
+    "dtype": ("auto", "auto, float32, bfloat16 or float16 (autocast on GPUs)"),
+}
+# the template puts a newline before the closing tag; stopping at it keeps it out of the reply
+STOP_STRINGS = ("\n" + ASSISTANT_END, ASSISTANT_END)
+HELP = """commands:
+  /system <text>  set the system prompt (/system alone removes it)
+  /clear          forget the conversation
+  /help           this list
+  quit, exit      leave (Ctrl-D too); Ctrl-C stops a reply"""
+LINE_BREAKS = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+class MessageTooLong(UserError):
+    """The newest message does not fit the context even without any history."""
+
+
+def fit_history(system, messages, budget):
+    """Drop the oldest user/assistant turns until the prompt fits in budget tokens.
+
+    messages: the conversation without the system prompt, ending with the new user message
+    (always kept, as is the system prompt). Returns (kept messages, prompt ids).
+    """
+    kept = list(messages)
+    head = [{"role": "system", "content": system}] if system.strip() else []
+    while True:
+        ids = render_prompt(head + kept)
+        if len(ids) <= budget:
+            return kept, ids
+        if len(kept) <= 1:
+            raise MessageTooLong(f"the message makes a prompt of {len(ids)} tokens; {budget} fit "
+                                 "(the context minus max_new_tokens)")
+        kept.pop(0)
+        while len(kept) > 1 and kept[0]["role"] == "assistant":  # a turn goes as a whole
+            kept.pop(0)
+
+
+class Chat:
+    """One conversation: the system prompt, the turns so far, and the KV cache across turns."""
+
+    def __init__(self, model, system="", max_new_tokens=256, seed=None, autocast=None, **sampling):
+        block_size = model.config.block_size
+        if max_new_tokens >= block_size:
+            raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the "
+                            f"model's context of {block_size} tokens")
+        self.model, self.system, self.history = model, system, []
+        self.budget = block_size - max_new_tokens
+        self.max_new_tokens, self.seed, self.autocast, self.sampling = max_new_tokens, seed, autocast, sampling
+        self.cache = TokenCache(model)
+        self.turns = 0
+
+    def clear(self):
+        self.history = []  # the cache stays: the system prompt at its start is still good
+
+    def respond(self, text, write):
+        """Answer the user message text, writing the reply as it is made; return the reply.
+
+        Raises MessageTooLong (history untouched) when text cannot fit. Ctrl-C ends the
+        reply early; what was written so far stays in the history.
+        """
+        kept, ids = fit_history(self.system, self.history + [{"role": "user", "content": text}], self.budget)
+        self.history = kept
+        seed = None if self.seed is None else self.seed + self.turns
+        self.turns += 1
+        tokens = generate(self.model, ids, self.max_new_tokens, stop_tokens=(EOT,), seed=seed,
+                          vocab_size=VOCAB_SIZE, cache=self.cache, autocast=self.autocast, **self.sampling)
+        pieces = []
+        try:
+            for piece in stream_text(tokens, STOP_STRINGS):
+                write(piece)
+                pieces.append(piece)
+        except KeyboardInterrupt:
+            pass  # the cache notices an interrupted forward by itself (TokenCache.reusable)
+        reply = "".join(pieces)
+        if reply.strip():  # the template has no empty turns
+            self.history.append({"role": "assistant", "content": reply})
+        return reply
+
+
+def command(chat, line):
+    """Carry out a REPL command; return the message to show, or None if line is no command."""
+    if not line.startswith("/"):
+        return None
+    name, _, arg = line.partition(" ")
+    if name == "/system":
+        chat.system = arg.strip()
+        return f"system prompt set: {chat.system}" if chat.system else "system prompt removed"
+    if name == "/clear":
+        chat.clear()
+        return "conversation cleared"
+    if name == "/help":
+        return HELP
+    return f"unknown command {name}; /help lists them"
+
+
+def repl(chat, read=input, write=write_stdout, banner=""):
+    """The interactive loop: read a line, answer it or run it as a command, until quit or Ctrl-D."""
+    write(f"{banner}\n{HELP}\n" if banner else f"{HELP}\n")
+    while True:
+        try:
+            line = read("\n> ").strip()
+        except EOFError:
+            write("\n")
+            return
+        except KeyboardInterrupt:
+            write("\n(quit, exit or Ctrl-D leaves)\n")
+            continue
+        if line in ("quit", "exit"):
+            return
+        if not line:
+            continue
+        message = command(chat, line)
+        if message is not None:
+            write(message + "\n")
+            continue
+        try:
+            chat.respond(line, write)
+        except MessageTooLong as e:
+            print(f"error: {e}", file=sys.stderr)
+        except KeyboardInterrupt:  # outside the reply itself (respond handles that): same effect
+            pass
+        write("\n")
+
+
+def one_line(text):
+    return LINE_BREAKS.sub(" ", text)
+
+
+def answer_lines(chat, lines, write=write_stdout, warn=None):
+    """Piped mode: one reply line per input line (an empty line gets an empty reply)."""
+    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    for line in lines:
+        text = line.rstrip("\r\n")
+        if text.strip():
+            try:
+                chat.respond(text, lambda piece: write(one_line(piece)))
+            except MessageTooLong as e:
+                warn(f"warning: no reply: {e}")
+        write("\n")
+
+
+def main(argv=None):
+    cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
+    check_options(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    path = cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt")
+    model = load_for_sampling(path, device)
+    chat = Chat(model, system=cfg.system, max_new_tokens=cfg.max_new_tokens,
+                seed=cfg.seed if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype),
+                temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                repetition_penalty=cfg.repetition_penalty)
+    prepare_stdout()
+    try:
+        if cfg.prompt:
+            chat.respond(cfg.prompt, write_stdout)
+            write_stdout("\n")
+        elif not sys.stdin.isatty():
+            if hasattr(sys.stdin, "reconfigure"):
+                sys.stdin.reconfigure(errors="replace")  # stray bytes should not end the batch
+            answer_lines(chat, sys.stdin)
+        else:
+            try:
+                import readline  # noqa: F401  (line editing and history for input())
+            except ImportError:
+                pass
+            repl(chat, banner=f"chatting with {path} (context {model.config.block_size} tokens)")
+    except BrokenPipeError:  # the reader left: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+if __name__ == "__main__":
+    run_main(main)

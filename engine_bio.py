@@ -1,0 +1,230 @@
+"""
+Generation: a prompt in, new token ids out one at a time, over the model's KV cache.
+
+    for token in generate(model, prompt_ids, max_new_tokens=100, temperature=0.8, top_k=200):
+        ...
+
+The prompt goes through the model once (prefill), which fills every layer's cache of keys
+and values; after that each step feeds only the newest token. When the context reaches
+block_size it is cropped to its last block_size tokens and the cache is refilled from them:
+a cached key remembers the position it was made at (RoPE angle or learned wpe row), so it
+cannot simply be shifted. The tokens are therefore exactly those of a loop that recomputes
+the last block_size tokens at every step (use_cache=False, kept for tests and benchmarks).
+
+A TokenCache remembers which ids its KV cache holds, so a later prompt that begins with them
+(the next chat turn) is prefilled only from where it differs. Stop strings, which span several
+BPE tokens, are handled on the text side by stream_text.
+"""
+
+from contextlib import nullcontext
+
+import torch
+
+from settings_bio import UserError
+from tokenizer_bio import StreamDecoder
+
+
+# ---------------------------------------------------------------------------------------
+# logits -> next token
+
+def check_options(max_new_tokens=0, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0):
+    """Raise a UserError naming the first sampling option that makes no sense."""
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature >= 0:
+        raise UserError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0):
+        raise UserError(f"top_k must be a whole number >= 0 (0 = off), got {top_k!r}")
+    if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool)
+                              or not 0 < top_p <= 1):
+        raise UserError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+    if (not isinstance(repetition_penalty, (int, float)) or isinstance(repetition_penalty, bool)
+            or not repetition_penalty > 0):
+        raise UserError(f"repetition_penalty must be a number > 0 (1 = off), got {repetition_penalty!r}")
+
+
+def apply_repetition_penalty(logits, context_ids, penalty):
+    """Make tokens already in the context less likely (Keskar et al. 2019, "CTRL").
+
+    Positive logits are divided by the penalty and negative ones multiplied, so both move
+    down for penalty > 1. logits: (..., V); ids outside the V columns are ignored.
+    """
+    if penalty == 1.0 or not context_ids:
+        return logits
+    vocab = logits.size(-1)
+    ids = torch.tensor(sorted({i for i in context_ids if 0 <= i < vocab}), dtype=torch.long, device=logits.device)
+    picked = logits.index_select(-1, ids)
+    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits.index_copy(-1, ids, picked)
+
+
+def top_k_filter(logits, k):
+    """Keep exactly the k largest logits (ties go to the lower id); the rest become -inf."""
+    k = min(k, logits.size(-1))
+    values, indices = torch.topk(logits, k, dim=-1)
+    return torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
+
+
+def top_p_filter(logits, p):
+    """Nucleus filter (Holtzman et al. 2019): keep the smallest set of most likely tokens whose
+    probabilities add up to at least p, never fewer than one; the rest become -inf."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # mass of the strictly more likely tokens; 0 for the first
+    sorted_logits = sorted_logits.masked_fill(mass_before >= p, float("-inf"))
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """Next-token logits (B, V) -> token ids (B,). temperature 0 is greedy (argmax);
+    top_k 0/None and top_p 1/None are off. generator makes the draw reproducible."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None and top_p < 1.0:
+        logits = top_p_filter(logits, top_p)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# ---------------------------------------------------------------------------------------
+# the generation loop
+
+def _plain(model):
+    """The GPT inside a torch.compile wrapper: config and new_kv_cache live there."""
+    return getattr(model, "_orig_mod", model)
+
+
+def _device(model):
+    return next(_plain(model).parameters()).device
+
+
+class TokenCache:
+    """A model's KV cache plus the ids it holds, so that a later prompt sharing a prefix with
+    them is prefilled only from the first position where they differ."""
+
+    def __init__(self, model):
+        self.kv = _plain(model).new_kv_cache()
+        self.ids = []
+
+    def reset(self):
+        self.kv.reset()
+        self.ids = []
+
+    def reusable(self, ids):
+        """How many leading ids are cached already: at most len(ids) - 1, since the last one
+        must go through the model to give the next token's logits."""
+        if self.kv.pos != len(self.ids):  # out of step, e.g. a forward interrupted by Ctrl-C
+            return 0
+        n = min(len(self.ids), len(ids) - 1)
+        if self.ids[:n] == ids[:n]:  # the common case, compared at C speed
+            return n
+        return next(i for i in range(n) if self.ids[i] != ids[i])
+
+    def feed(self, model, ids, autocast):
+        """Bring the cache to hold exactly ids; return the logits (1, V) after the last one."""
+        start = self.reusable(ids)
+        self.kv.pos, self.ids = start, self.ids[:start]  # positions past start are overwritten
+        x = torch.tensor([ids[start:]], dtype=torch.long, device=_device(model))
+        with torch.no_grad(), autocast:
+            logits, _ = model(x, kv_cache=self.kv)
+        self.ids.extend(ids[start:])
+        return logits[:, -1, :]
+
+
+def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+             repetition_penalty=1.0, stop_tokens=(), seed=None, vocab_size=None,
+             cache=None, use_cache=True, autocast=None):
+    """Yield up to max_new_tokens new token ids (ints) as they are sampled.
+
+    prompt_ids: at least one id; only the last block_size are seen. stop_tokens end the
+    generation and are not yielded. seed: draws come from a torch.Generator seeded with it
+    (None: the global RNG). vocab_size: sample only ids below it (the tokenizer's vocabulary;
+    the model's table is padded past it). cache: a TokenCache to reuse across calls (default:
+    a fresh one). use_cache=False recomputes the whole context every step (the reference).
+    autocast: a context manager entered around each forward (mixed precision).
+    The model should be in eval mode; nothing here changes it.
+    """
+    check_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    context = [int(i) for i in prompt_ids]
+    if not context:
+        raise ValueError("generate needs at least one prompt token (e.g. <|endoftext|>)")
+    block_size = _plain(model).config.block_size
+    device = _device(model)
+    autocast = autocast if autocast is not None else nullcontext()
+    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    stop = set(stop_tokens)
+    if use_cache and cache is None:
+        cache = TokenCache(model)
+    context = context[-block_size:]
+    for _ in range(max_new_tokens):
+        if use_cache:
+            # one new token normally; the whole window after a crop (the cached positions moved)
+            logits = cache.feed(model, context, autocast)
+        else:
+            x = torch.tensor([context], dtype=torch.long, device=device)
+            with torch.no_grad(), autocast:
+                logits = model(x)[0][:, -1, :]
+        logits = logits.float()  # bf16 logits under autocast would make the penalty and softmax coarse
+        if vocab_size is not None:
+            logits = logits[:, :vocab_size]
+        logits = apply_repetition_penalty(logits, context, repetition_penalty)
+        token = int(sample_next(logits, temperature, top_k, top_p, generator)[0])
+        if token in stop:
+            return
+        yield token
+        context.append(token)
+        if len(context) > block_size:
+            context = context[-block_size:]
+
+
+# ---------------------------------------------------------------------------------------
+# ids -> text, with stop strings
+
+def stream_text(tokens, stop_strings=(), decoder=None):
+    """Decode an iterable of ids into text pieces as soon as they are complete, ending just
+    before the first stop string (which is never yielded).
+
+    Text that could still become a stop string (a tag spread over several tokens) is held
+    back until it either completes the stop string or turns out to be ordinary text.
+    decoder: a StreamDecoder that may already hold the prompt's unfinished bytes.
+    """
+    decoder = decoder if decoder is not None else StreamDecoder()
+    stops = [s for s in stop_strings if s]
+    held = ""
+
+    def first_stop(text):
+        found = [i for i in (text.find(s) for s in stops) if i >= 0]
+        return min(found) if found else None
+
+    def safe_length(text):  # how much of text cannot be the start of a stop string
+        for n in range(min(len(text), max((len(s) for s in stops), default=0)), 0, -1):
+            if any(s.startswith(text[-n:]) for s in stops):
+                return len(text) - n
+        return len(text)
+
+    try:
+        for token in tokens:
+            held += decoder.push(token)
+            end = first_stop(held)
+            if end is not None:
+                if end:
+                    yield held[:end]
+                return
+            cut = safe_length(held)
+            if cut:
+                yield held[:cut]
+                held = held[cut:]
+        held += decoder.flush()
+        end = first_stop(held)
+        held = held if end is None else held[:end]
+        if held:
+            yield held
+    finally:
+        if hasattr(tokens, "close"):  # stop the generator now, not at garbage collection
+            tokens.close()

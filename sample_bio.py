@@ -1,0 +1,135 @@
+"""
+Sample text from a trained WiggleGPT checkpoint, streamed to the terminal as it is generated.
+
+    python sample_bio.py --out_dir=out-shakespeare --start="ROMEO:" --num_samples=3
+    python sample_bio.py --ckpt=ckpt_pretrain.pt --start=FILE:prompt.txt --temperature=0.7
+
+Works on this project's checkpoints and on the original WiggleGPT files. The prompt is
+echoed, then each new token is printed the moment it is made; bytes of a character split
+over several tokens are held back until it is whole. Samples are separated by a line of
+dashes. An empty prompt starts a new document (<|endoftext|>); a prompt longer than the
+model's context keeps its last tokens (with a warning on stderr).
+"""
+
+import os
+import sys
+
+import torch
+
+from checkpoint_bio import load_model
+from engine_bio import check_options, generate, stream_text
+from settings_bio import UserError, autocast_for, load_settings, pick_device, pick_dtype, run_main
+from tokenizer_bio import EOT, VOCAB_SIZE, StreamDecoder, encode
+
+SETTINGS = {
+    "out_dir": ("out", "folder of the checkpoint to sample (its ckpt.pt) when --ckpt is not given"),
+    "ckpt": ("", "checkpoint file; overrides out_dir"),
+    "start": ("", "prompt text, or FILE:path to read it from a UTF-8 file; empty starts a new document"),
+    "num_samples": (3, "how many samples to draw"),
+    "max_new_tokens": (256, "tokens generated per sample"),
+    "temperature": (0.8, "1.0 = the model's distribution, lower is more conservative, 0 = greedy"),
+    "top_k": (200, "sample only among the k most likely tokens (0 = off)"),
+    "top_p": (1.0, "sample only from the smallest set of tokens holding this much probability (1 = off)"),
+    "repetition_penalty": (1.0, "above 1 makes tokens already in the context less likely (1 = off)"),
+    "seed": (1337, "random seed; sample i uses seed + i (negative: a different draw each run)"),
+    "device": ("auto", "auto, cpu, cuda, cuda:N or mps"),
+    "dtype": ("auto", "auto, float32, bfloat16 or float16 (autocast on GPUs)"),
+    "compile": (False, "torch.compile the model (slow to start, faster per token on GPUs)"),
+}
+SEPARATOR = "-" * 40
+
+
+def read_prompt(start):
+    """The prompt text: start itself, or the contents of the UTF-8 file named by FILE:path."""
+    if not start.startswith("FILE:"):
+        return start
+    path = start[len("FILE:"):]
+    if not os.path.isfile(path):
+        raise UserError(f"prompt file not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"prompt file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
+
+
+def prompt_ids(text, block_size, warn):
+    """Token ids of the prompt: <|endoftext|> alone when empty, the last block_size when too long."""
+    ids = encode(text) if text else [EOT]
+    if len(ids) > block_size:
+        warn(f"warning: the prompt has {len(ids)} tokens, more than the model's context of "
+             f"{block_size}; keeping the last {block_size}")
+        ids = ids[-block_size:]
+    return ids
+
+
+def stream_sample(model, ids, write, echo_prompt=True, **sampling):
+    """Generate one sample after ids, writing text as it becomes complete; return the new ids.
+
+    The prompt's ids go through the same decoder first, so a character split between the
+    prompt and the first new token still comes out whole.
+    """
+    decoder = StreamDecoder()
+    if echo_prompt:
+        write("".join(decoder.push(i) for i in ids))
+    new_ids = []
+
+    def recorded(tokens):
+        for token in tokens:
+            new_ids.append(token)
+            yield token
+
+    for piece in stream_text(recorded(generate(model, ids, vocab_size=VOCAB_SIZE, **sampling)), decoder=decoder):
+        write(piece)
+    return new_ids
+
+
+def load_for_sampling(path, device):
+    """The checkpoint's model in eval mode, checked to use the GPT-2 vocabulary."""
+    model, _ = load_model(path, device)
+    if model.config.vocab_size < VOCAB_SIZE:
+        raise UserError(f"{path} has vocab_size {model.config.vocab_size}; sampling needs the GPT-2 "
+                        f"tokenizer's {VOCAB_SIZE} ids")
+    return model.eval()
+
+
+def write_stdout(text):
+    sys.stdout.write(text)
+    sys.stdout.flush()  # show each piece as it is made
+
+
+def prepare_stdout():
+    """Characters the terminal cannot show become '?' instead of an exception."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+
+
+def main(argv=None):
+    cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
+    check_options(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+    if cfg.num_samples < 1:
+        raise UserError(f"num_samples must be at least 1, got {cfg.num_samples}")
+    text = read_prompt(cfg.start)
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device)
+    model = load_for_sampling(cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt"), device)
+    ids = prompt_ids(text, model.config.block_size, lambda msg: print(msg, file=sys.stderr))
+    if cfg.compile:
+        model = torch.compile(model)
+    prepare_stdout()
+    try:
+        for i in range(cfg.num_samples):
+            if i:
+                write_stdout(f"\n{SEPARATOR}\n")
+            stream_sample(model, ids, write_stdout, echo_prompt=bool(text),
+                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
+                          top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
+                          seed=cfg.seed + i if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype))
+        write_stdout("\n")
+    except BrokenPipeError:  # the reader left (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+if __name__ == "__main__":
+    run_main(main)
