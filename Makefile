@@ -11,7 +11,7 @@ install:
 	$(PYTHON) -m pip install -q -r requirements.txt
 
 demo: install
-	$(PYTHON) train_bio.py config/shakespeare_bio.py --out_dir=$(DEMO_OUT)
+	$(PYTHON) train_bio.py config/shakespeare_bio.py --out_dir=$(DEMO_OUT) --overwrite=True
 	$(PYTHON) sample_bio.py --out_dir=$(DEMO_OUT) --start="ROMEO:" --max_new_tokens=200 --seed=1337
 
 test: install

@@ -192,12 +192,13 @@ def train_runs(configs, cfg):
     for arg in train_args:
         if not arg.startswith("--"):
             raise UserError(f"train_args takes --key=value settings only, got {arg!r}")
-        if arg.split("=", 1)[0] in ("--out_dir", "--seed", "--max_iters"):
+        if arg.split("=", 1)[0] in ("--out_dir", "--seed", "--max_iters", "--overwrite"):
             raise UserError(f"{arg.split('=', 1)[0]} is set by compare_bio.py itself; use its own setting")
     done = []
     for name, config, extra in planned_runs(configs, cfg.rope_variants, train_args):
         out_dir = os.path.join(cfg.out_root, name)
-        cmd = [sys.executable, TRAIN_SCRIPT, config, f"--out_dir={out_dir}", f"--seed={cfg.seed}"]
+        # a comparison's folders are its own: a second --run replaces the first one's runs
+        cmd = [sys.executable, TRAIN_SCRIPT, config, f"--out_dir={out_dir}", f"--seed={cfg.seed}", "--overwrite=True"]
         if cfg.max_iters:
             cmd.append(f"--max_iters={cfg.max_iters}")
         cmd += extra + train_args

@@ -1,0 +1,85 @@
+"""Protects config/*.py: every file loads through train_bio's real settings parser and passes its
+checks, builds its model (on the meta device: no memory, no time), states the tokens per
+iteration it really has; the 124M configs are the 123,697,920-parameter WiggleGPT, and the
+bio/GELU pairs differ only in the architecture switches, so their comparisons are fair."""
+
+import glob
+import os
+import re
+import types
+
+import pytest
+import torch
+
+import train_bio
+from model_bio import GPT
+from settings_bio import load_settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))
+SWITCHES = {"use_bio_mlp", "use_rmsnorm", "use_rope"}
+
+
+def settings_of(name):
+    return vars(load_settings(train_bio.SETTINGS, [os.path.join(ROOT, "config", name)]))
+
+
+def test_the_configs_are_there():
+    names = {os.path.basename(p) for p in CONFIGS}
+    assert {"gpt2_bio_3070.py", "gpt2_bio_5060ti.py", "gpt2_gelu_3070.py", "bio_45m_sparse_3070.py",
+            "finetune_smoltalk.py", "shakespeare_bio.py", "shakespeare_gelu.py"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_config_loads_builds_and_states_its_budget(path, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    s = load_settings(train_bio.SETTINGS, [path])
+    train_bio.check_settings(s)
+    with torch.device("meta"):
+        model = GPT(train_bio.model_config_from(s))
+    assert model.get_num_params() > 0
+    text = open(path, encoding="utf-8").read()
+    stated = re.search(r"tokens per iteration: ([\d,]+) = batch_size (\d+) x gradient_accumulation_steps (\d+) "
+                       r"x block_size ([\d,]+)", text)
+    assert stated, "each config says its tokens per iteration"
+    total, batch, accum, block = (int(g.replace(",", "")) for g in stated.groups())
+    assert (batch, accum, block) == (s.batch_size, s.gradient_accumulation_steps, s.block_size)
+    assert total == batch * accum * block
+    assert re.search(r"^# memory: ", text, re.M), "each config says the memory it was sized for"
+
+
+@pytest.mark.parametrize("name", ["gpt2_bio_3070.py", "gpt2_bio_5060ti.py"])
+def test_124m_configs_are_the_published_size(name):
+    with torch.device("meta"):
+        model = GPT(train_bio.model_config_from(types.SimpleNamespace(**settings_of(name))))
+    assert model.get_num_params() == 123_697_920
+
+
+@pytest.mark.parametrize("bio, gelu", [("gpt2_bio_3070.py", "gpt2_gelu_3070.py"),
+                                       ("shakespeare_bio.py", "shakespeare_gelu.py")])
+def test_bio_and_gelu_twins_differ_only_in_the_switches(bio, gelu):
+    a, b = settings_of(bio), settings_of(gelu)
+    differ = {k for k in a if a[k] != b[k]}
+    assert differ - {"out_dir", "wandb_run_name"} == SWITCHES
+    assert all(a[k] for k in SWITCHES) and not any(b[k] for k in SWITCHES)
+
+
+def test_the_same_budget_on_both_gpus():
+    a, b = settings_of("gpt2_bio_3070.py"), settings_of("gpt2_bio_5060ti.py")
+    tokens = lambda s: s["batch_size"] * s["gradient_accumulation_steps"] * s["block_size"]  # noqa: E731
+    assert tokens(a) == tokens(b) == 32_768 and (a["batch_size"], b["batch_size"]) == (2, 4)
+    assert {k for k in a if a[k] != b[k]} <= {"batch_size", "gradient_accumulation_steps", "out_dir", "peak_flops",
+                                              "wandb_run_name"}
+
+
+def test_special_purpose_configs():
+    sft = settings_of("finetune_smoltalk.py")
+    assert sft["init_from"].endswith("ckpt.pt") and sft["dataset"] == "smoltalk"
+    assert (sft["learning_rate"], sft["min_lr"], sft["warmup_iters"], sft["max_iters"]) == (2e-5, 2e-6, 200, 10000)
+    assert (sft["batch_size"], sft["gradient_accumulation_steps"], sft["block_size"]) == (1, 64, 512)
+    assert sft["dtype"] == "float16" and sft["gradient_checkpointing"] and sft["betas"] == (0.9, 0.99)
+    sparse = settings_of("bio_45m_sparse_3070.py")
+    assert sparse["use_sparse_gate"] and sparse["bio_threshold"] == 0.25 and sparse["max_iters"] == 200000
+    assert (sparse["n_layer"], sparse["n_head"], sparse["n_embd"]) == (4, 6, 384)
+    demo = settings_of("shakespeare_bio.py")
+    assert demo["dataset"] == "shakespeare" and demo["max_iters"] // demo["eval_interval"] >= 3
