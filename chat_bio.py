@@ -21,7 +21,7 @@ import os
 import re
 import sys
 
-from engine_bio import TokenCache, check_options, generate, stream_text
+from engine_bio import TokenCache, check_options, generate, sampling_settings, stream_text
 from sample_bio import load_for_sampling, prepare_stdout, write_stdout
 from settings_bio import UserError, autocast_for, load_settings, pick_device, pick_dtype, run_main
 from tokenizer_bio import ASSISTANT_END, EOT, VOCAB_SIZE, render_prompt
@@ -32,13 +32,8 @@ SETTINGS = {
     "system": ("", "system prompt (empty: none)"),
     "prompt": ("", "answer this one user message and exit"),
     "max_new_tokens": (256, "most tokens in one reply (this much context is kept free for it)"),
-    "temperature": (0.7, "1.0 = the model's distribution, lower is more conservative, 0 = greedy"),
-    "top_k": (50, "sample only among the k most likely tokens (0 = off)"),
-    "top_p": (0.9, "sample only from the smallest set of tokens holding this much probability (1 = off)"),
-    "repetition_penalty": (1.1, "above 1 makes tokens already in the context less likely (1 = off)"),
-    "seed": (-1, "random seed for reproducible replies; turn i uses seed + i (negative: no seed)"),
-    "device": ("auto", "auto, cpu, cuda, cuda:N or mps"),
-    "dtype": ("auto", "auto, float32, bfloat16 or float16 (autocast on GPUs)"),
+    **sampling_settings(temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.1, seed=-1,
+                        seed_meaning="random seed for reproducible replies; turn i uses seed + i (negative: no seed)"),
 }
 # the template puts a newline before the closing tag; stopping at it keeps it out of the reply
 STOP_STRINGS = ("\n" + ASSISTANT_END, ASSISTANT_END)

@@ -43,6 +43,20 @@ def check_options(max_new_tokens=0, temperature=1.0, top_k=None, top_p=None, rep
         raise UserError(f"repetition_penalty must be a number > 0 (1 = off), got {repetition_penalty!r}")
 
 
+def sampling_settings(temperature, top_k, top_p, repetition_penalty, seed, seed_meaning):
+    """The sampling and device settings sample_bio.py and chat_bio.py share, with each one's
+    defaults (settings_bio format: name -> (default, meaning))."""
+    return {
+        "temperature": (temperature, "1.0 = the model's distribution, lower is more conservative, 0 = greedy"),
+        "top_k": (top_k, "sample only among the k most likely tokens (0 = off)"),
+        "top_p": (top_p, "sample only from the smallest set of tokens holding this much probability (1 = off)"),
+        "repetition_penalty": (repetition_penalty, "above 1 makes tokens already in the context less likely (1 = off)"),
+        "seed": (seed, seed_meaning),
+        "device": ("auto", "auto, cpu, cuda, cuda:N or mps"),
+        "dtype": ("auto", "auto, float32, bfloat16 or float16 (autocast on GPUs)"),
+    }
+
+
 def apply_repetition_penalty(logits, context_ids, penalty):
     """Make tokens already in the context less likely (Keskar et al. 2019, "CTRL").
 

@@ -17,7 +17,7 @@ import sys
 import torch
 
 from checkpoint_bio import load_model
-from engine_bio import check_options, generate, stream_text
+from engine_bio import check_options, generate, sampling_settings, stream_text
 from settings_bio import UserError, autocast_for, load_settings, pick_device, pick_dtype, run_main
 from tokenizer_bio import EOT, VOCAB_SIZE, StreamDecoder, encode
 
@@ -27,13 +27,8 @@ SETTINGS = {
     "start": ("", "prompt text, or FILE:path to read it from a UTF-8 file; empty starts a new document"),
     "num_samples": (3, "how many samples to draw"),
     "max_new_tokens": (256, "tokens generated per sample"),
-    "temperature": (0.8, "1.0 = the model's distribution, lower is more conservative, 0 = greedy"),
-    "top_k": (200, "sample only among the k most likely tokens (0 = off)"),
-    "top_p": (1.0, "sample only from the smallest set of tokens holding this much probability (1 = off)"),
-    "repetition_penalty": (1.0, "above 1 makes tokens already in the context less likely (1 = off)"),
-    "seed": (1337, "random seed; sample i uses seed + i (negative: a different draw each run)"),
-    "device": ("auto", "auto, cpu, cuda, cuda:N or mps"),
-    "dtype": ("auto", "auto, float32, bfloat16 or float16 (autocast on GPUs)"),
+    **sampling_settings(temperature=0.8, top_k=200, top_p=1.0, repetition_penalty=1.0, seed=1337,
+                        seed_meaning="random seed; sample i uses seed + i (negative: a different draw each run)"),
     "compile": (False, "torch.compile the model (slow to start, faster per token on GPUs)"),
 }
 SEPARATOR = "-" * 40

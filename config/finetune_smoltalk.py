@@ -26,13 +26,11 @@ dropout = 0.0
 
 max_iters = 10000
 learning_rate = 2e-5  # a gentle rate: keep what pretraining learned
-min_lr = 2e-6
-lr_schedule = "cosine"
+min_lr = 2e-6  # cosine decay (the default schedule), gradients clipped at 1.0
 warmup_iters = 200
 lr_decay_iters = 10000
 weight_decay = 0.01
 betas = (0.9, 0.99)
-grad_clip = 1.0
 
 device = "auto"
 dtype = "float16"  # fp16 everywhere the original was trained (RTX 3070); bf16 also works on Ampere

@@ -32,14 +32,9 @@ batch_size = 2
 gradient_accumulation_steps = 16
 max_iters = 600000  # 19.7B tokens
 
-learning_rate = 6e-4
-min_lr = 6e-5
-lr_schedule = "cosine"
-warmup_iters = 2000
-lr_decay_iters = 600000
-weight_decay = 0.1
-betas = (0.9, 0.95)
-grad_clip = 1.0
+# optimizer and schedule: train_bio.py's defaults, the published recipe (AdamW, cosine from
+# learning_rate 6e-4 to min_lr 6e-5 over lr_decay_iters 600,000 after warmup_iters 2,000,
+# weight_decay 0.1, betas (0.9, 0.95), grad_clip 1.0)
 
 device = "auto"
 dtype = "auto"  # bf16 on Ampere and newer, else fp16 with loss scaling

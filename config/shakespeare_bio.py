@@ -31,10 +31,7 @@ max_iters = 250  # 256,000 tokens, about a fifth of an epoch of the 1.4M trainin
 
 learning_rate = 2e-3  # small models take a high rate
 min_lr = 2e-4
-lr_schedule = "cosine"
 warmup_iters = 25
 lr_decay_iters = 250
-weight_decay = 0.1
 betas = (0.9, 0.99)
-grad_clip = 1.0
 seed = 1337
