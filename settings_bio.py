@@ -97,7 +97,8 @@ def help_text(settings, description):
     width = max(len(k) for k in settings)
     lines = [description, "", "settings (config file assignments or --key=value):"]
     for key, (default, meaning) in settings.items():
-        lines.append(f"  --{key.ljust(width)}  {meaning} (default: {default!r})")
+        shown = "" if "(default" in meaning else f" (default: {default!r})"
+        lines.append(f"  --{key.ljust(width)}  {meaning}{shown}")
     return "\n".join(lines)
 
 

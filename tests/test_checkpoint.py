@@ -111,7 +111,7 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path):
         load_checkpoint(str(truncated))
     unsafe = tmp_path / "unsafe.pt"
     with open(unsafe, "wb") as f:
-        pickle.dump({"model": NotAllowed()}, f)  # weights_only refuses arbitrary objects
+        pickle.dump({"model": NotAllowed()}, f, protocol=2)  # weights_only refuses arbitrary objects
     with pytest.raises(CheckpointError, match="not a readable"):
         load_checkpoint(str(unsafe))
     no_model = tmp_path / "no_model.pt"
