@@ -111,6 +111,8 @@ class KVCache:
         if self.pos + T > self.max_len:
             raise ValueError(f"KV cache holds {self.max_len} positions; {self.pos} + {T} do not fit")
         if self.k is None or self.k.shape[1] != B or self.k.dtype != k.dtype or self.k.device != k.device:
+            if self.pos:  # reallocating would silently drop the cached positions
+                raise ValueError("KV cache holds another batch size, dtype or device; reset() it first")
             shape = (self.n_layer, B, n_head, self.max_len, head_dim)
             self.k = torch.zeros(shape, dtype=k.dtype, device=k.device)
             self.v = torch.zeros(shape, dtype=v.dtype, device=v.device)
