@@ -175,8 +175,8 @@ class OscillateFunction(torch.autograd.Function):
         ctx.save_for_backward(x, omega, phi)
         dt = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 -> fp32, fp64 stays
         xf = x.to(dt)
-        y = torch.addcmul(phi.to(dt), omega.to(dt), xf).sin_().mul_(torch.tanh(xf)).add_(baseline.to(dt))
-        return y.to(x.dtype)
+        wave = torch.addcmul(phi.to(dt), omega.to(dt), xf).sin_()
+        return torch.addcmul(baseline.to(dt), wave, torch.tanh(xf)).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -190,8 +190,9 @@ class OscillateFunction(torch.autograd.Function):
         grad_phi = g_cos_t.sum(sum_dims)
         grad_omega = (g_cos_t * xf).sum(sum_dims)
         grad_baseline = g.sum(sum_dims)
-        # dy/dx = omega * cos(z) * tanh(x) + sin(z) * (1 - tanh(x)^2)
-        grad_x = g_cos_t.mul_(omega_f).add_(z.sin_().mul_(t.mul_(t).neg_().add_(1.0)).mul_(g))
+        # dy/dx = omega * cos(z) * tanh(x) + sin(z) * (1 - tanh(x)^2); fused ops: fewer passes over memory
+        dtanh = torch.addcmul(torch.ones((), dtype=dt, device=x.device), t, t, value=-1.0)
+        grad_x = g_cos_t.mul_(omega_f).addcmul_(dtanh.mul_(z.sin_()), g)
         return (grad_x.to(x.dtype), grad_omega.to(omega.dtype), grad_phi.to(phi.dtype),
                 grad_baseline.to(omega.dtype))
 
