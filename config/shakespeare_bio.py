@@ -11,6 +11,7 @@ dataset = "shakespeare"
 device = "auto"
 dtype = "auto"
 compile = False
+peak_flops = 1e11  # rough fp32 peak of a 2-core laptop CPU, so the MFU column means something here
 
 eval_interval = 50  # 6 evals over the run
 eval_iters = 8
