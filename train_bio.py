@@ -168,7 +168,7 @@ class Dist:
 
 
 def setup_distributed(requested_device):
-    """torchrun sets RANK/WORLD_SIZE: join the process group (nccl on CUDA, gloo on CPU)."""
+    """torchrun sets RANK/WORLD_SIZE: join the process group (nccl on CUDA, else gloo)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Dist(), settings_bio.pick_device(requested_device)
     import torch.distributed as dist
@@ -177,7 +177,8 @@ def setup_distributed(requested_device):
     if device.startswith("cuda"):
         device = f"cuda:{d.local_rank}"  # one GPU per process
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    nccl = device.startswith("cuda") and dist.is_nccl_available()  # Windows builds have no nccl
+    dist.init_process_group(backend="nccl" if nccl else "gloo")
     return d, device
 
 
