@@ -341,7 +341,7 @@ def worker_pool(num_workers):
         pool = ProcessPoolExecutor(num_workers, mp_context=multiprocessing.get_context(method),
                                    initializer=_start_worker, initargs=(os.getpid(),))
         pool.submit(int).result()  # starts the workers now
-    except (OSError, NotImplementedError) as e:  # e.g. no POSIX semaphores in some sandboxes
+    except (OSError, RuntimeError) as e:  # e.g. no POSIX semaphores in some sandboxes (a RuntimeError subclass)
         print(f"warning: no worker processes ({e}); encoding in this process", file=sys.stderr)
         yield None
         return
