@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from settings_bio import load_settings, run_main
+from settings_bio import UserError, load_settings, run_main
 
 SETTINGS = {
     "quick": (False, "small sizes so the whole report takes under 2 minutes on 2 CPU cores"),
@@ -304,7 +304,6 @@ def main():
     wanted = [s for s in cfg.only.split(",") if s] or list(SECTIONS)
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:
-        from settings_bio import UserError
         raise UserError(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
     print(f"machine: {machine_line()}")
     rows = []

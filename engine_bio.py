@@ -20,6 +20,7 @@ from contextlib import nullcontext
 
 import torch
 
+from checkpoint_bio import unwrap  # the GPT inside torch.compile: config and new_kv_cache live there
 from settings_bio import UserError
 from tokenizer_bio import StreamDecoder
 
@@ -109,13 +110,8 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
 # ---------------------------------------------------------------------------------------
 # the generation loop
 
-def _plain(model):
-    """The GPT inside a torch.compile wrapper: config and new_kv_cache live there."""
-    return getattr(model, "_orig_mod", model)
-
-
 def _device(model):
-    return next(_plain(model).parameters()).device
+    return next(unwrap(model).parameters()).device
 
 
 class TokenCache:
@@ -123,7 +119,7 @@ class TokenCache:
     them is prefilled only from the first position where they differ."""
 
     def __init__(self, model):
-        self.kv = _plain(model).new_kv_cache()
+        self.kv = unwrap(model).new_kv_cache()
         self.ids = []
 
     def reset(self):
@@ -168,7 +164,7 @@ def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top
     context = [int(i) for i in prompt_ids]
     if not context:
         raise ValueError("generate needs at least one prompt token (e.g. <|endoftext|>)")
-    block_size = _plain(model).config.block_size
+    block_size = unwrap(model).config.block_size
     device = _device(model)
     autocast = autocast if autocast is not None else nullcontext()
     generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)

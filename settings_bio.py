@@ -102,6 +102,20 @@ def help_text(settings, description):
     return "\n".join(lines)
 
 
+def default_values(settings):
+    return {key: default for key, (default, _) in settings.items()}
+
+
+def apply_settings(settings, values, given, where):
+    """Check each of given {key: value} against settings (known name, default's type) and write
+    it into values; where says where the values came from, for the error message."""
+    for key, value in given.items():
+        if key not in settings:
+            raise UserError(f"unknown setting {key!r} {where}{_closest(key, list(settings))}")
+        values[key] = _check_type(key, value, settings[key][0], where)
+    return values
+
+
 def load_settings(settings, argv=None, description="", allow_config_file=True):
     """Defaults, then an optional config file (a positional path), then --key=value overrides.
 
@@ -111,20 +125,16 @@ def load_settings(settings, argv=None, description="", allow_config_file=True):
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(settings, description))
         sys.exit(0)
-    values = {k: default for k, (default, _) in settings.items()}
-    known = list(settings)
+    values = default_values(settings)
     for arg in argv:
         if not arg.startswith("--"):
             if not allow_config_file:
                 raise UserError(f"unexpected argument {arg!r}; settings are given as --key=value")
-            for key, value in read_config_file(arg).items():
-                if key not in values:
-                    raise UserError(f"unknown setting {key!r} in {arg}{_closest(key, known)}")
-                values[key] = _check_type(key, value, settings[key][0], f"in {arg}")
+            apply_settings(settings, values, read_config_file(arg), f"in {arg}")
             continue
         key, eq, text = arg[2:].partition("=")
         if key not in values:
-            raise UserError(f"unknown setting --{key}{_closest(key, known)}")
+            raise UserError(f"unknown setting --{key}{_closest(key, list(settings))}")
         default = settings[key][0]
         if not eq:
             if not isinstance(default, bool):

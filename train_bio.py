@@ -104,11 +104,7 @@ def as_settings(settings):
     """A dict or namespace of settings (missing ones take their defaults), type-checked like
     the command line; returns a fresh SimpleNamespace so the caller's object is never changed."""
     given = dict(settings) if isinstance(settings, dict) else dict(vars(settings))
-    values = {k: default for k, (default, _) in SETTINGS.items()}
-    for key, value in given.items():
-        if key not in SETTINGS:
-            raise UserError(f"unknown setting {key!r}{settings_bio._closest(key, list(SETTINGS))}")
-        values[key] = settings_bio._check_type(key, value, SETTINGS[key][0], "in the settings")
+    values = settings_bio.apply_settings(SETTINGS, settings_bio.default_values(SETTINGS), given, "in the settings")
     return types.SimpleNamespace(**values)
 
 
