@@ -27,3 +27,15 @@ def tiny_config(**overrides):
     settings = dict(block_size=32, vocab_size=96, n_layer=2, n_head=4, n_embd=32)
     settings.update(overrides)
     return GPTConfig(**settings)
+
+
+def require_module(name, install):
+    """Import an optional package for a test. Missing: skip on a user's machine, but fail
+    under CI (CI=true installs requirements-optional.txt, so there the test must really run)."""
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is missing under CI ({install})")
+        pytest.skip(f"{name} is not installed ({install})")
