@@ -1,0 +1,240 @@
+"""
+Evaluation: the one module train_bio.py, compare_bio.py and eval_bio.py score models with.
+
+Validation loss and bits per byte, on a prepared dataset folder (val.bin of uint16 GPT-2 ids):
+  - the windows are drawn at seeded random offsets, so every call (and every model) sees the
+    same tokens and runs compare;
+  - loss is the mean cross-entropy (nats) over every predicted token;
+  - bits per byte = total nats / ln 2 / total UTF-8 bytes of the predicted (target) tokens.
+    Unlike loss per token it does not depend on the tokenizer. Ids that are no text count
+    0 bytes: <|endoftext|> (50256, a document boundary) and the padding ids 50257..50303
+    the model's vocabulary adds past the tokenizer's.
+
+HellaSwag (Zellers et al. 2019), completion style as llm.c scores it: the context `ctx`, then
+each of the 4 endings tokenized as " " + ending; an ending's score is the cross-entropy over
+its own tokens only. acc picks the lowest summed loss, acc_norm the lowest mean loss per
+token. The 4 endings of an example run as one right-padded batch; padding sits after the
+scored tokens of a causal model and is masked out of the loss, so it never changes a score.
+When context + ending exceed block_size, the last block_size tokens are kept (the context
+is cut from the left) and the example is counted as truncated.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import tokenizer_bio
+from checkpoint_bio import unwrap
+from settings_bio import UserError
+
+HELLASWAG_HUB = "Rowan/hellaswag"
+N_ENDINGS = 4
+
+
+# ---------------------------------------------------------------------------------------
+# bytes per token
+
+_BYTE_TABLES = {}
+
+
+def token_byte_table(vocab_size, device="cpu"):
+    """int64 tensor (vocab_size,): the UTF-8 byte length of each token id's text; 0 for
+    <|endoftext|> and for ids past the tokenizer's vocabulary (the model's padding ids)."""
+    key = (vocab_size, str(device))
+    if key not in _BYTE_TABLES:
+        enc = tokenizer_bio.get_tokenizer()
+        lengths = [len(enc.decode_single_token_bytes(i)) if i < tokenizer_bio.EOT else 0 for i in range(vocab_size)]
+        _BYTE_TABLES[key] = torch.tensor(lengths, dtype=torch.long, device=device)
+    return _BYTE_TABLES[key]
+
+
+def target_bytes(targets, table):
+    """Total bytes of the targets (ignored targets, -1, count 0) as a 0-dim tensor."""
+    valid = targets >= 0
+    return (table[targets.clamp(min=0)] * valid).sum()
+
+
+def bits_per_byte(nats, n_bytes):
+    return nats / math.log(2) / n_bytes if n_bytes > 0 else float("nan")
+
+
+# ---------------------------------------------------------------------------------------
+# validation loss and bits per byte over fixed windows
+
+def val_windows(folder, n_windows, block_size, seed=0, split="val"):
+    """(x, y) int64 tensors of n_windows windows at seeded random offsets of split.bin; where
+    split_mask.bin exists (chat data), targets outside assistant replies become -1."""
+    path = os.path.join(folder, f"{split}.bin")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} is missing; prepare the data with dataprep_bio.py (or set --data_root/--dataset)")
+    data = np.memmap(path, dtype=np.uint16, mode="r")
+    if len(data) < block_size + 1:
+        raise UserError(f"{path} has {len(data):,} tokens, fewer than one window of block_size {block_size} + 1")
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(len(data) - block_size, (n_windows,), generator=generator).tolist()
+    x = torch.from_numpy(np.stack([data[i:i + block_size] for i in starts]).astype(np.int64))
+    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size] for i in starts]).astype(np.int64))
+    mask_path = os.path.join(folder, f"{split}_mask.bin")
+    if os.path.isfile(mask_path):
+        mask = np.memmap(mask_path, dtype=np.uint8, mode="r")
+        y[torch.from_numpy(np.stack([mask[i + 1:i + 1 + block_size] for i in starts])) == 0] = -1
+    return x, y
+
+
+@torch.no_grad()
+def val_loss_bpb(model, folder, n_windows=100, batch_size=8, block_size=0, seed=0, device="cpu",
+                 autocast=None, split="val"):
+    """Mean loss (nats per predicted token) and bits per byte of model over n_windows fixed
+    windows of block_size tokens (0: the model's). Returns dict(loss, bpb, n, tokens, bytes)."""
+    from contextlib import nullcontext
+    from tqdm import tqdm
+    config = unwrap(model).config
+    block_size = block_size or config.block_size
+    if block_size > config.block_size:
+        raise UserError(f"block_size={block_size} is larger than the model's block_size {config.block_size}")
+    x_all, y_all = val_windows(folder, n_windows, block_size, seed, split)
+    top = int(max(x_all.max(), y_all.max()))
+    if top >= config.vocab_size:
+        raise UserError(f"{folder}/{split}.bin holds token id {top:,} but the model's vocab_size is {config.vocab_size:,}")
+    table = token_byte_table(config.vocab_size, device)
+    autocast = autocast if autocast is not None else nullcontext()
+    was_training = model.training
+    model.eval()
+    nats, tokens, n_bytes = 0.0, 0, 0
+    for i in tqdm(range(0, n_windows, batch_size), desc=f"{split} loss", leave=False, disable=None):
+        x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)
+        with autocast:
+            _, loss = model(x, y)
+        count = int((y >= 0).sum())
+        if count:  # a masked window with no assistant token adds nothing (its mean loss is nan)
+            nats += float(loss) * count
+            tokens += count
+            n_bytes += int(target_bytes(y, table))
+    model.train(was_training)
+    return dict(loss=nats / tokens if tokens else float("nan"), bpb=bits_per_byte(nats, n_bytes), n=n_windows,
+                tokens=tokens, bytes=n_bytes)
+
+
+# ---------------------------------------------------------------------------------------
+# HellaSwag
+
+def check_hellaswag_row(row, where):
+    """(ctx, endings, label) of one HellaSwag row, or a UserError saying what is wrong where."""
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: a HellaSwag row must be a JSON object, got {type(row).__name__}")
+    ctx, endings, label = row.get("ctx"), row.get("endings"), row.get("label")
+    if not isinstance(ctx, str) or not ctx.strip():
+        raise UserError(f"{where}: 'ctx' must be a non-empty string")
+    if (not isinstance(endings, list) or len(endings) != N_ENDINGS
+            or not all(isinstance(e, str) and e.strip() for e in endings)):
+        raise UserError(f"{where}: 'endings' must be a list of {N_ENDINGS} non-empty strings")
+    if isinstance(label, str) and label.strip().isdigit():  # the Hub's copy stores "2"
+        label = int(label)
+    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label < N_ENDINGS:
+        raise UserError(f"{where}: 'label' must be 0..{N_ENDINGS - 1} (or that digit as a string), got {label!r}")
+    return dict(ctx=ctx, endings=endings, label=label)
+
+
+def load_hellaswag(file="", limit=0, hub_name=HELLASWAG_HUB):
+    """HellaSwag validation rows [{ctx, endings, label}] from a local .jsonl in HellaSwag's
+    own format, or (file empty) from the Hub through `datasets`. limit > 0: the first limit rows.
+    A malformed row is refused with its line number: a silently smaller set would not compare."""
+    rows = []
+    if file:
+        if not os.path.isfile(file):
+            raise UserError(f"hellaswag_file not found: {file}")
+        with open(file, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{file}, line {line_no}: not valid JSON ({e.msg})") from None
+                rows.append(check_hellaswag_row(row, f"{file}, line {line_no}"))
+                if limit and len(rows) >= limit:
+                    break
+    else:
+        try:
+            import datasets
+        except ImportError:
+            raise UserError("HellaSwag from the Hub needs `datasets` (pip install -r requirements.txt), "
+                            "or give a local --hellaswag_file") from None
+        try:
+            split = datasets.load_dataset(hub_name, split="validation")
+        except Exception as e:  # offline, no such dataset, ...: many kinds
+            reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise UserError(f"could not load HellaSwag from {hub_name} ({reason}); "
+                            "download hellaswag_val.jsonl and pass --hellaswag_file") from None
+        for i, row in enumerate(split):
+            rows.append(check_hellaswag_row(row, f"{hub_name} validation row {i}"))
+            if limit and len(rows) >= limit:
+                break
+    if not rows:
+        raise UserError(f"no HellaSwag rows in {file or hub_name}")
+    return rows
+
+
+def render_example(row, block_size):
+    """(tokens (4, T), scored (4, T), truncated): the 4 sequences ctx + " " + ending, right-
+    padded with 0; scored[i, t] is True where token t belongs to ending i (and is predicted)."""
+    ctx_ids = tokenizer_bio.encode(row["ctx"])
+    sequences, truncated = [], False
+    for ending in row["endings"]:
+        end_ids = tokenizer_bio.encode(" " + ending)
+        ids = ctx_ids + end_ids
+        flags = [False] * len(ctx_ids) + [True] * len(end_ids)
+        if len(ids) > block_size:  # keep the ending: cut the context from the left
+            ids, flags, truncated = ids[-block_size:], flags[-block_size:], True
+        flags[0] = False  # the first position has nothing before it to predict it from
+        sequences.append((ids, flags))
+    width = max(len(ids) for ids, _ in sequences)
+    tokens = torch.zeros((N_ENDINGS, width), dtype=torch.long)
+    scored = torch.zeros((N_ENDINGS, width), dtype=torch.bool)
+    for i, (ids, flags) in enumerate(sequences):
+        tokens[i, :len(ids)] = torch.tensor(ids)
+        scored[i, :len(ids)] = torch.tensor(flags)
+    return tokens, scored, truncated
+
+
+@torch.no_grad()
+def ending_losses(model, tokens, scored, autocast=None):
+    """(summed loss, mean loss) per ending, each (4,), from one batched forward."""
+    from contextlib import nullcontext
+    targets = torch.where(scored[:, 1:], tokens[:, 1:], torch.full_like(tokens[:, 1:], -1))
+    targets = torch.cat([targets, torch.full_like(targets[:, :1], -1)], dim=1)  # no target after the last
+    with autocast if autocast is not None else nullcontext():
+        logits, _ = model(tokens, targets)  # targets only make the model return every position's logits
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-1,
+                                reduction="none").view(targets.shape)
+    n = (targets >= 0).sum(dim=1)
+    total = per_token.sum(dim=1)
+    return total, total / n.clamp(min=1)
+
+
+@torch.no_grad()
+def score_hellaswag(model, rows, device="cpu", autocast=None, desc="hellaswag"):
+    """Score rows (from load_hellaswag). Returns dict(acc, acc_norm, correct, correct_norm, n,
+    truncated, predictions) with predictions [(pred_sum, pred_norm)] per row."""
+    from tqdm import tqdm
+    block_size = unwrap(model).config.block_size
+    was_training = model.training
+    model.eval()
+    correct = correct_norm = truncated = 0
+    predictions = []
+    for row in tqdm(rows, desc=desc, leave=False, disable=None):
+        tokens, scored, cut = render_example(row, block_size)
+        total, mean = ending_losses(model, tokens.to(device), scored.to(device), autocast)
+        pred, pred_norm = int(total.argmin()), int(mean.argmin())
+        predictions.append((pred, pred_norm))
+        correct += pred == row["label"]
+        correct_norm += pred_norm == row["label"]
+        truncated += cut
+    model.train(was_training)
+    n = len(rows)
+    return dict(acc=correct / n if n else float("nan"), acc_norm=correct_norm / n if n else float("nan"),
+                correct=correct, correct_norm=correct_norm, n=n, truncated=truncated, predictions=predictions)
