@@ -1,0 +1,113 @@
+"""
+Evaluate a model: validation loss and bits per byte, and HellaSwag accuracy.
+
+    python eval_bio.py --ckpt=out-shakespeare-bio/ckpt.pt --dataset=shakespeare
+    python eval_bio.py --ckpt=ckpt_pretrain.pt --tasks=val,hellaswag --out=results.jsonl
+    python eval_bio.py --init_from=gpt2 --tasks=hellaswag --hellaswag_file=hellaswag_val.jsonl
+
+Tasks (--tasks, comma separated):
+  val        mean loss and bits per byte over eval_windows fixed windows of data_root/dataset/val.bin
+  hellaswag  acc and acc_norm on HellaSwag's validation set, completion style (as llm.c)
+Results print as a table; --out=FILE appends one JSON line per task and metric:
+{"model", "task", "metric", "value", "n", "time"}. See evaluate_bio for the definitions.
+"""
+
+import json
+import os
+import time
+
+from evaluate_bio import load_eval_model, load_hellaswag, score_hellaswag, val_loss_bpb
+from settings_bio import UserError, autocast_for, load_settings, pick_device, pick_dtype, run_main
+
+SETTINGS = {
+    "ckpt": ("", "checkpoint to evaluate (this project's format or the original WiggleGPT files)"),
+    "init_from": ("", "instead of --ckpt: GPT-2 weights, 'gpt2', 'gpt2-medium', ... (needs transformers)"),
+    "tasks": ("val", "comma-separated tasks: val (loss and bits per byte), hellaswag"),
+    "data_root": ("data", "folder that holds the dataset folders"),
+    "dataset": ("openwebtext", "dataset folder under data_root whose val.bin the val task reads"),
+    "eval_windows": (200, "val: how many windows of val.bin (drawn at seeded offsets: the same every run)"),
+    "eval_batch_size": (8, "val: windows per forward pass"),
+    "block_size": (0, "val: tokens per window (0: the model's block_size)"),
+    "seed": (1337, "val: seed of the window offsets"),
+    "hellaswag_file": ("", "hellaswag: a local .jsonl in HellaSwag's format (empty: Rowan/hellaswag from the Hub)"),
+    "limit": (0, "hellaswag: score only the first this many examples (0: all)"),
+    "out": ("", "append the results to this file as JSON lines"),
+    "device": ("auto", "auto, cpu, cuda, cuda:N or mps"),
+    "dtype": ("auto", "auto, float32, bfloat16 or float16 (autocast on GPUs)"),
+}
+TASKS = ("val", "hellaswag")
+
+
+def parse_tasks(text):
+    tasks = [t.strip() for t in text.split(",") if t.strip()]
+    if not tasks:
+        raise UserError(f"no tasks given; use --tasks= with some of {', '.join(TASKS)}")
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise UserError(f"unknown task {unknown[0]!r}; use some of {', '.join(TASKS)}")
+    return list(dict.fromkeys(tasks))  # in the order given, each once
+
+
+def check(cfg):
+    for key in ("eval_windows", "eval_batch_size"):
+        if getattr(cfg, key) <= 0:
+            raise UserError(f"{key} must be positive, got {getattr(cfg, key)}")
+    for key in ("block_size", "limit"):
+        if getattr(cfg, key) < 0:
+            raise UserError(f"{key} must not be negative, got {getattr(cfg, key)}")
+    folder = os.path.dirname(os.path.abspath(cfg.out)) if cfg.out else ""
+    if folder and not os.path.isdir(folder):
+        raise UserError(f"--out={cfg.out}: folder {folder} does not exist")
+
+
+def run_tasks(cfg, tasks, model, device, autocast):
+    """[(task, metric, value, n)] for the tasks, in order."""
+    results = []
+    for task in tasks:
+        if task == "val":
+            folder = os.path.join(cfg.data_root, cfg.dataset)
+            if cfg.dataset == "shakespeare":
+                import dataprep_bio  # the offline demo corpus is built on first use
+                dataprep_bio.ensure_demo_data(folder)
+            if not os.path.isdir(folder):
+                raise UserError(f"data folder not found: {folder} (set --data_root / --dataset)")
+            r = val_loss_bpb(model, folder, cfg.eval_windows, cfg.eval_batch_size, cfg.block_size, cfg.seed,
+                             device, autocast)
+            results += [("val", "loss", r["loss"], r["n"]), ("val", "bpb", r["bpb"], r["n"])]
+        else:
+            rows = load_hellaswag(cfg.hellaswag_file, cfg.limit)
+            r = score_hellaswag(model, rows, device, autocast)
+            if r["truncated"]:
+                print(f"note: {r['truncated']} HellaSwag example(s) were longer than the model's context; "
+                      "their contexts were cut from the left")
+            results += [("hellaswag", "acc", r["acc"], r["n"]), ("hellaswag", "acc_norm", r["acc_norm"], r["n"])]
+    return results
+
+
+def print_table(name, results):
+    print(f"model: {name}")
+    print(f"{'task':<12}{'metric':<10}{'value':>10}{'n':>8}")
+    for task, metric, value, n in results:
+        print(f"{task:<12}{metric:<10}{value:>10.4f}{n:>8}")
+
+
+def main(argv=None):
+    cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
+    check(cfg)
+    tasks = parse_tasks(cfg.tasks)
+    device = pick_device(cfg.device)
+    autocast = autocast_for(device, pick_dtype(cfg.dtype, device))
+    model, name = load_eval_model(cfg.ckpt, cfg.init_from, device)
+    results = run_tasks(cfg, tasks, model, device, autocast)
+    print_table(name, results)
+    if cfg.out:
+        now = time.time()
+        with open(cfg.out, "a", encoding="utf-8") as f:
+            for task, metric, value, n in results:
+                f.write(json.dumps(dict(model=name, task=task, metric=metric, value=value, n=n, time=now)) + "\n")
+        print(f"appended {len(results)} result(s) to {cfg.out}")
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main)
