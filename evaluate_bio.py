@@ -243,7 +243,11 @@ def score_hellaswag(model, rows, device="cpu", autocast=None, desc="hellaswag"):
     """Score rows (from load_hellaswag). Returns dict(acc, acc_norm, correct, correct_norm, n,
     truncated, predictions) with predictions [(pred_sum, pred_norm)] per row."""
     from tqdm import tqdm
-    block_size = unwrap(model).config.block_size
+    config = unwrap(model).config
+    if config.vocab_size < tokenizer_bio.VOCAB_SIZE:
+        raise UserError(f"HellaSwag needs GPT-2's {tokenizer_bio.VOCAB_SIZE:,} token ids; this model's vocab_size "
+                        f"is {config.vocab_size:,}")
+    block_size = config.block_size
     was_training = model.training
     model.eval()
     correct = correct_norm = truncated = 0

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 import checkpoint_bio
+import evaluate_bio
 import settings_bio
 from model_bio import GPT, GPTConfig
 from settings_bio import UserError, load_settings, run_main
@@ -44,6 +45,9 @@ SETTINGS = {
     "log_interval": (1, "print and record a training line every this many iterations"),
     "eval_iters": (200, "batches per split in each loss estimate"),
     "eval_only": (False, "estimate the losses once and exit, writing nothing"),
+    "hellaswag_interval": (0, "score HellaSwag (acc, acc_norm) every this many iterations and at the end (0 = off)"),
+    "hellaswag_limit": (0, "HellaSwag examples scored each time (0 = all 10,042)"),
+    "hellaswag_file": ("", "HellaSwag rows from this local .jsonl (empty: Rowan/hellaswag from the Hub)"),
     "always_save_checkpoint": (True, "save ckpt.pt at every eval; False: only when val loss improves, and at the end"),
     "init_from": ("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt) or a checkpoint path to fine-tune from"),
     "overwrite": (False, "let a new run replace the checkpoint already in out_dir (otherwise that is an error)"),
@@ -115,7 +119,7 @@ def check_settings(s):
     for key in positive:
         if getattr(s, key) <= 0:
             raise UserError(f"{key} must be positive, got {getattr(s, key)}")
-    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "weight_decay", "grad_clip"):
+    for key in ("hellaswag_interval", "hellaswag_limit", "max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "weight_decay", "grad_clip"):
         if getattr(s, key) < 0:
             raise UserError(f"{key} must not be negative, got {getattr(s, key)}")
     if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in s.betas):
@@ -407,8 +411,10 @@ def build_model(s, device, d):
 def write_metrics(out_dir, record):
     """Append one JSON object per line to out_dir/metrics.jsonl (rank 0 only). Kinds:
     start {iter, params, tokens_per_iter, config, time}; train {iter, loss, lr, dt_ms, mfu,
-    tokens, tokens_per_sec, sparsity}; eval {iter, train_loss, val_loss, tokens, lr,
-    peak_mem_mb}; end {iter, best_val_loss, tokens, elapsed_s, reason}."""
+    tokens, tokens_per_sec, sparsity}; eval {iter, train_loss, val_loss, train_bpb, val_bpb,
+    tokens, lr, peak_mem_mb} (bpb: bits per byte of the same eval batches, see evaluate_bio);
+    hellaswag {iter, acc, acc_norm, n, tokens}; end {iter, best_val_loss, tokens, elapsed_s,
+    reason}."""
     with open(os.path.join(out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
         f.write(json.dumps(record) + "\n")
 
@@ -525,6 +531,7 @@ class Run:
     tokens_per_iter: int  # over all processes
     accum: int  # micro-batches per process
     wandb: object = None
+    hellaswag_rows: list = None  # loaded once when hellaswag_interval > 0
 
 
 def setup_run(s, d, device):
@@ -558,6 +565,8 @@ def setup_run(s, d, device):
               s.gradient_accumulation_steps * s.batch_size * s.block_size, s.gradient_accumulation_steps // d.world)
     if ckpt is not None:
         restore(run, ckpt)
+    if s.hellaswag_interval and not s.eval_only:  # read now: a bad file fails before any training
+        run.hellaswag_rows = evaluate_bio.load_hellaswag(s.hellaswag_file, s.hellaswag_limit)
     return run
 
 
@@ -642,22 +651,46 @@ def train_step(run, lr, stop):
 @torch.no_grad()
 def evaluate(run):
     """Mean loss over eval_iters batches of each split, from generators of their own so the
-    training streams are untouched (an eval never changes what training does next)."""
+    training streams are untouched (an eval never changes what training does next), and the
+    bits per byte of the same batches as '{split}_bpb': their nats / ln 2 / target bytes."""
     from tqdm import tqdm
     s, d = run.s, run.d
     run.model.eval()
+    byte_table = evaluate_bio.token_byte_table(run.raw_model.config.vocab_size, run.data.device)
     out = {}
     for split in SPLITS:
         generator = torch.Generator().manual_seed(eval_seed(s.seed, d.rank, split))
         losses = torch.zeros(s.eval_iters, device=run.data.device)
+        sums = torch.zeros(2, device=run.data.device)  # nats, bytes
         for k in tqdm(range(s.eval_iters), desc=f"eval {split}", leave=False, disable=None if d.master else True):
             x, y = run.data.batch(split, generator)
             with run.ctx:
                 _, loss = run.model(x, y)
             losses[k] = loss
+            sums[0] += loss.float() * (y >= 0).sum()  # the mean over the batch's targets, back to a sum
+            sums[1] += evaluate_bio.target_bytes(y, byte_table)
         out[split] = all_reduce_mean(losses.mean(), run.d).item()  # syncs the GPU
+        nats, n_bytes = all_reduce_mean(sums, run.d).tolist()  # means of both: the same ratio as sums
+        out[f"{split}_bpb"] = evaluate_bio.bits_per_byte(nats, n_bytes)
     run.model.train()
     return out
+
+
+def score_hellaswag(run):
+    """HellaSwag acc and acc_norm, each process scoring its share of the rows; rank 0 logs them."""
+    s, d, state = run.s, run.d, run.state
+    mine = run.hellaswag_rows[d.rank::d.world]
+    r = evaluate_bio.score_hellaswag(run.raw_model, mine, run.data.device, run.ctx)  # raw: no recompiles per length
+    counts = all_reduce_mean(torch.tensor([r["correct"], r["correct_norm"], r["n"]], dtype=torch.float64,
+                                          device=run.data.device), d)
+    correct, correct_norm, n = (round(c * d.world) for c in counts.tolist())
+    acc, acc_norm = correct / n, correct_norm / n
+    print0(d, f"step {state.iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} ({n:,} examples)")
+    if d.master:
+        write_metrics(s.out_dir, {"kind": "hellaswag", "iter": state.iter_num, "acc": acc, "acc_norm": acc_norm,
+                                  "n": n, "tokens": state.tokens})
+        if run.wandb is not None:
+            run.wandb.log({"hellaswag/acc": acc, "hellaswag/acc_norm": acc_norm}, step=state.iter_num)
 
 
 def save_latest(run, best):
@@ -675,14 +708,16 @@ def eval_and_save(run, lr, at_end):
     losses = evaluate(run)
     state.last_eval_iter = state.iter_num
     sparsity = run.raw_model.sparsity() if run.raw_model.config.use_sparse_gate else None  # .item(): syncs the GPU
-    print0(d, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-              + (f", sparsity {sparsity * 100:.1f}%" if sparsity is not None else ""))
+    print0(d, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+              f"val bpb {losses['val_bpb']:.4f}" + (f", sparsity {sparsity * 100:.1f}%" if sparsity is not None else ""))
     if d.master:
         write_metrics(s.out_dir, {"kind": "eval", "iter": state.iter_num, "train_loss": losses["train"],
-                                  "val_loss": losses["val"], "tokens": state.tokens, "lr": lr,
+                                  "val_loss": losses["val"], "train_bpb": losses["train_bpb"],
+                                  "val_bpb": losses["val_bpb"], "tokens": state.tokens, "lr": lr,
                                   "peak_mem_mb": peak_memory_mb(run.device)})
         if run.wandb is not None:
             run.wandb.log({"iter": state.iter_num, "train/loss": losses["train"], "val/loss": losses["val"],
+                           "train/bpb": losses["train_bpb"], "val/bpb": losses["val_bpb"],
                            "lr": lr, "tokens": state.tokens}, step=state.iter_num)
     if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
         print0(d, f"warning: non-finite eval loss at iter {state.iter_num}: checkpoint not saved")
@@ -747,7 +782,8 @@ def _train(s, d, device):
 
     if s.eval_only:  # a look at the losses; the run's files stay as they are
         losses = evaluate(run)
-        print0(d, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        print0(d, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
+                  f"val bpb {losses['val_bpb']:.4f}")
         return dict(iter=state.iter_num, best_val_loss=state.best_val_loss, tokens=state.tokens,
                     elapsed_s=time.time() - t_start, out_dir=s.out_dir, reason="eval_only",
                     last_val_loss=losses["val"], checkpoint=None)
@@ -762,6 +798,7 @@ def _train(s, d, device):
             state.wandb_run_id = run.wandb.id
 
     reason, nan_streak, last_val, last_good = "max_iters", 0, float("nan"), None
+    first_iter = state.iter_num  # a resumed run has scored HellaSwag here already
     with StopSignals() as stop:
         while True:
             lr = learning_rate_at(state.iter_num, s)
@@ -770,6 +807,9 @@ def _train(s, d, device):
             if (state.iter_num % s.eval_interval == 0 or at_end) and state.last_eval_iter != state.iter_num:
                 last_val, path = eval_and_save(run, lr, at_end)
                 last_good = path or last_good
+            if (s.hellaswag_interval and (state.iter_num % s.hellaswag_interval == 0 or at_end)
+                    and (state.iter_num != first_iter or first_iter == 0)):
+                score_hellaswag(run)
             if at_end:
                 break
 
