@@ -708,8 +708,8 @@ def eval_and_save(run, lr, at_end):
     losses = evaluate(run)
     state.last_eval_iter = state.iter_num
     sparsity = run.raw_model.sparsity() if run.raw_model.config.use_sparse_gate else None  # .item(): syncs the GPU
-    print0(d, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-              f"val bpb {losses['val_bpb']:.4f}" + (f", sparsity {sparsity * 100:.1f}%" if sparsity is not None else ""))
+    print0(d, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
+              + (f", sparsity {sparsity * 100:.1f}%" if sparsity is not None else ""))
     if d.master:
         write_metrics(s.out_dir, {"kind": "eval", "iter": state.iter_num, "train_loss": losses["train"],
                                   "val_loss": losses["val"], "train_bpb": losses["train_bpb"],
@@ -782,8 +782,7 @@ def _train(s, d, device):
 
     if s.eval_only:  # a look at the losses; the run's files stay as they are
         losses = evaluate(run)
-        print0(d, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}, "
-                  f"val bpb {losses['val_bpb']:.4f}")
+        print0(d, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         return dict(iter=state.iter_num, best_val_loss=state.best_val_loss, tokens=state.tokens,
                     elapsed_s=time.time() - t_start, out_dir=s.out_dir, reason="eval_only",
                     last_val_loss=losses["val"], checkpoint=None)
