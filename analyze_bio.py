@@ -17,7 +17,11 @@ Standard deviations are population ones (numpy's default, ddof=0).
 pretrain -> fine-tune): each statistic before, after and its change; the mean and max
 absolute per-neuron change of omega; the share of neurons whose omega or phi moved by more
 than 0.1 and 0.5 (raw parameter change, phi not wrapped); the share of linearized neurons
-(|omega| < 0.1) before and after. --plots=dir writes PNG histograms and activation curves.
+(|omega| < 0.1) before and after. --plots=dir writes PNG histograms and activation curves,
+the omega-phi scatter and the histogram of omega - 1 (distance from the init), as the original
+analysis scripts drew them; with --compare also the per-neuron drift histogram and before-vs-
+after scatters of omega and phi. Also printed: the share of neurons whose omega is still within
++-0.2 of its init value 1.0.
 """
 
 import math
@@ -42,6 +46,8 @@ INIT = {"omega": (1.0, 0.1), "phi": (0.0, 0.1), "baseline": (0.0, 0.0), "gate_we
 ACTIVE_OMEGA = 0.1  # |omega| above this: the neuron oscillates; below: close to linear
 PHASE_BINS = 36  # coverage of [-pi, pi) is counted in 36 bins of 10 degrees
 SHIFTS = (0.1, 0.5)  # per-neuron change thresholds of the stability table
+NEAR_INIT = 0.2  # |omega - 1| below this: the neuron's frequency stayed near its init
+SCATTER_POINTS = 20_000  # scatter plots draw at most this many neurons (a seeded sample)
 # where each parameter sits under transformer.h.{i}.mlp. in the state dict
 STATE_NAMES = {"omega": "activation.omega", "phi": "activation.phi", "baseline": "activation.baseline",
                "gate_weight": "gate_weight", "gate_bias": "gate_bias"}
@@ -105,11 +111,17 @@ def wrap_phase(phi):
     return np.mod(np.asarray(phi, dtype=np.float64) + math.pi, 2 * math.pi) - math.pi
 
 
+def near_init_share(omega):
+    """Share of neurons with |omega - init| < 0.2 (init 1.0): frequencies training left alone."""
+    return float((np.abs(np.asarray(omega, dtype=np.float64) - INIT["omega"][0]) < NEAR_INIT).mean())
+
+
 def omega_stats(omega):
     s = basic_stats(omega)
     a = np.abs(np.asarray(omega, dtype=np.float64))
     s["active_share"] = float((a > ACTIVE_OMEGA).mean())  # |omega| > 0.1
     s["linear_share"] = float((a < ACTIVE_OMEGA).mean())  # |omega| < 0.1
+    s["near_init_share"] = near_init_share(omega)
     return s
 
 
@@ -205,6 +217,9 @@ def print_card(neurons, stats):
         o = s["omega"]
         print(row(label, [o["mean"], o["std"], o["min"], o["max"], f"{o['active_share']:.1%}"]))
     print(f"  active: share of neurons with |omega| > {ACTIVE_OMEGA} (the others are close to linear)")
+    print(f"  near init: {stats['overall']['omega']['near_init_share']:.2%} of neurons have |omega - "
+          f"{INIT['omega'][0]:g}| < {NEAR_INIT} (per layer: "
+          + ", ".join(f"{s['omega']['near_init_share']:.1%}" for s in stats["layers"]) + ")")
 
     print()
     print(header("phi", ["mean", "std", "min", "max", "range", "coverage"]))
@@ -371,13 +386,103 @@ def plot_activations(layers, path, seed=0):
     plt.close(fig)
 
 
+def sample_index(n, seed=0):
+    """Indices of at most SCATTER_POINTS of n neurons (all when fewer): scatters stay readable and small."""
+    if n <= SCATTER_POINTS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=SCATTER_POINTS, replace=False))
+
+
+def plot_omega_phi_scatter(sets, path, seed=0):
+    """omega against phi, one dot per neuron (one colour per checkpoint): which phases go with which frequencies."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 6))
+    for label, layers in sets:
+        omega, phi = all_layers(layers, "omega"), all_layers(layers, "phi")
+        idx = sample_index(omega.size, seed)
+        ax.scatter(omega[idx], phi[idx], s=3, alpha=0.3, label=f"{label} ({idx.size} of {omega.size} neurons)")
+    ax.scatter([INIT["omega"][0]], [INIT["phi"][0]], marker="x", color="k", s=60, label="init mean")
+    ax.set_xlabel("omega (frequency)")
+    ax.set_ylabel("phi (phase)")
+    ax.set_title("omega vs phi, all layers")
+    ax.legend(fontsize=8, markerscale=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_omega_deviation(sets, path):
+    """Histogram of omega - 1 (the distance from init), with the +-0.2 band and its share."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    deviations = [all_layers(layers, "omega") - INIT["omega"][0] for _, layers in sets]
+    edges = np.histogram_bin_edges(np.concatenate(deviations), bins=80)
+    for (label, layers), dev in zip(sets, deviations):
+        share = near_init_share(all_layers(layers, "omega"))
+        ax.hist(dev, bins=edges, alpha=0.55 if len(sets) > 1 else 0.85,
+                label=f"{label}: {share:.1%} within +-{NEAR_INIT}")
+    ax.axvspan(-NEAR_INIT, NEAR_INIT, color="gray", alpha=0.2, label=f"|omega - 1| < {NEAR_INIT}")
+    ax.axvline(0, color="k", lw=1)
+    ax.set_xlabel("omega - 1 (deviation from the init value)")
+    ax.set_ylabel("neurons")
+    ax.set_title("how far omega moved from its init")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_drift(before, after, path):
+    """Histogram of the per-neuron drift |after - before| of omega and of phi."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name in ("omega", "phi"):
+        drift = np.abs(all_layers(after, name) - all_layers(before, name))
+        ax.hist(drift, bins=80, alpha=0.6, label=f"{name}: mean {drift.mean():.4f}, max {drift.max():.4f}")
+    ax.set_xlabel("|after - before| per neuron")
+    ax.set_ylabel("neurons")
+    ax.set_yscale("log")  # most neurons barely move; the tail is what matters
+    ax.set_title("parameter drift between the checkpoints")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_before_after(before, after, labels, path, seed=0):
+    """omega before vs after and phi before vs after, one dot per neuron; the diagonal is 'unchanged'."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
+    for ax, name in zip(axes, ("omega", "phi")):
+        x, y = all_layers(before, name), all_layers(after, name)
+        idx = sample_index(x.size, seed)
+        ax.scatter(x[idx], y[idx], s=3, alpha=0.3)
+        lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+        ax.plot([lo, hi], [lo, hi], color="r", lw=1, ls="--", label="unchanged (y = x)")
+        ax.set_xlabel(f"{name}: {labels[0]}")
+        ax.set_ylabel(f"{name}: {labels[1]}")
+        ax.set_title(f"{name} before vs after ({idx.size} of {x.size} neurons)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_plots(folder, sets, seed=0):
-    """All PNGs for sets [(label, layers)]; activation curves for the last set. Returns the paths."""
+    """All PNGs for sets [(label, layers)]; activation curves for the last set; with two sets
+    also the drift and before-vs-after figures. Returns the paths."""
     os.makedirs(folder, exist_ok=True)
-    paths = [os.path.join(folder, name) for name in ("omega_phi_hist.png", "omega_phi_layers.png", "activations.png")]
+    names = ["omega_phi_hist.png", "omega_phi_layers.png", "activations.png", "omega_phi_scatter.png",
+             "omega_deviation.png"] + (["drift_hist.png", "before_after_scatter.png"] if len(sets) == 2 else [])
+    paths = [os.path.join(folder, name) for name in names]
     plot_histograms(sets, paths[0])
     plot_layer_histograms(sets, paths[1])
     plot_activations(sets[-1][1], paths[2], seed=seed)
+    plot_omega_phi_scatter(sets, paths[3], seed=seed)
+    plot_omega_deviation(sets, paths[4])
+    if len(sets) == 2:
+        plot_drift(sets[0][1], sets[1][1], paths[5])
+        plot_before_after(sets[0][1], sets[1][1], [label for label, _ in sets], paths[6], seed=seed)
     return paths
 
 

@@ -192,3 +192,24 @@ def test_different_shapes_and_missing_inputs_are_user_errors(ckpts, tmp_path):
         analyze_bio.main([])
     with pytest.raises(UserError, match="not found"):
         analyze_bio.main([f"--ckpt={tmp_path / 'missing.pt'}"])
+
+
+def test_near_init_share_and_the_original_figures(ckpts, tmp_path, capsys):
+    omega = torch.tensor([1.0, 1.19, 0.81, 1.25, 0.5, -1.0]).double().numpy()
+    assert analyze_bio.near_init_share(omega) == pytest.approx(3 / 6)
+    assert analyze_bio.omega_stats(omega)["near_init_share"] == pytest.approx(3 / 6)
+
+    # layer 0's omegas are 0.5 and 1.5, layer 1's 0.0 and 2.0: none is near init
+    plots = tmp_path / "plots"
+    result = analyze_bio.main([f"--ckpt={ckpts[0]}", f"--compare={ckpts[1]}", f"--plots={plots}"])
+    out = capsys.readouterr().out
+    assert "near init: 0.00% of neurons have |omega - 1| < 0.2 (per layer: 0.0%, 0.0%)" in out
+    assert result["stats"]["overall"]["omega"]["near_init_share"] == 0.0
+    for name in ("omega_phi_scatter.png", "omega_deviation.png", "drift_hist.png", "before_after_scatter.png"):
+        data = (plots / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+        assert f"wrote {plots / name}" in out
+
+    single = tmp_path / "single"
+    analyze_bio.main([f"--ckpt={ckpts[0]}", f"--plots={single}"])
+    assert (single / "omega_phi_scatter.png").exists() and not (single / "drift_hist.png").exists()
