@@ -22,6 +22,7 @@ is cut from the left) and the example is counted as truncated.
 import json
 import math
 import os
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -112,7 +113,6 @@ def val_loss_bpb(model, folder, n_windows=100, batch_size=8, block_size=0, seed=
                  autocast=None, split="val"):
     """Mean loss (nats per predicted token) and bits per byte of model over n_windows fixed
     windows of block_size tokens (0: the model's). Returns dict(loss, bpb, n, tokens, bytes)."""
-    from contextlib import nullcontext
     from tqdm import tqdm
     config = unwrap(model).config
     block_size = block_size or config.block_size
@@ -226,7 +226,6 @@ def render_example(row, block_size):
 @torch.no_grad()
 def ending_losses(model, tokens, scored, autocast=None):
     """(summed loss, mean loss) per ending, each (4,), from one batched forward."""
-    from contextlib import nullcontext
     targets = torch.where(scored[:, 1:], tokens[:, 1:], torch.full_like(tokens[:, 1:], -1))
     targets = torch.cat([targets, torch.full_like(targets[:, :1], -1)], dim=1)  # no target after the last
     with autocast if autocast is not None else nullcontext():

@@ -162,9 +162,11 @@ def model_class():
                 until = [until] if isinstance(until, str) else list(until)
                 max_new = int(kwargs.pop("max_gen_toks", 256))
                 sample = bool(kwargs.pop("do_sample", False))
-                temperature = float(kwargs.pop("temperature", 0.0)) if sample else 0.0
+                temperature = float(kwargs.pop("temperature", 1.0)) if sample else 0.0
+                top_k, top_p = (kwargs.pop("top_k", None), kwargs.pop("top_p", None)) if sample else (None, None)
                 ids = tokenizer_bio.encode(context) if context else [tokenizer_bio.EOT]
-                tokens = generate(self.model, ids, max_new, temperature=temperature, stop_tokens=[tokenizer_bio.EOT],
+                tokens = generate(self.model, ids, max_new, temperature=temperature, top_k=top_k, top_p=top_p,
+                                  stop_tokens=[tokenizer_bio.EOT],
                                   seed=1234 if temperature > 0 else None, vocab_size=tokenizer_bio.VOCAB_SIZE,
                                   autocast=self.autocast)
                 text = "".join(stream_text(tokens, until))
