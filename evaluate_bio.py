@@ -121,7 +121,8 @@ def val_loss_bpb(model, folder, n_windows=100, batch_size=8, block_size=0, seed=
     x_all, y_all = val_windows(folder, n_windows, block_size, seed, split)
     top = int(max(x_all.max(), y_all.max()))
     if top >= config.vocab_size:
-        raise UserError(f"{folder}/{split}.bin holds token id {top:,} but the model's vocab_size is {config.vocab_size:,}")
+        raise UserError(f"{folder}/{split}.bin holds token id {top:,} but the model's vocab_size is "
+                        f"{config.vocab_size:,}")
     table = token_byte_table(config.vocab_size, device)
     autocast = autocast if autocast is not None else nullcontext()
     was_training = model.training

@@ -119,7 +119,8 @@ def check_settings(s):
     for key in positive:
         if getattr(s, key) <= 0:
             raise UserError(f"{key} must be positive, got {getattr(s, key)}")
-    for key in ("hellaswag_interval", "hellaswag_limit", "max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "weight_decay", "grad_clip"):
+    for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "weight_decay", "grad_clip",
+                "hellaswag_interval", "hellaswag_limit"):
         if getattr(s, key) < 0:
             raise UserError(f"{key} must not be negative, got {getattr(s, key)}")
     if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in s.betas):
@@ -681,8 +682,8 @@ def score_hellaswag(run):
     s, d, state = run.s, run.d, run.state
     mine = run.hellaswag_rows[d.rank::d.world]
     r = evaluate_bio.score_hellaswag(run.raw_model, mine, run.data.device, run.ctx)  # raw: no recompiles per length
-    counts = all_reduce_mean(torch.tensor([r["correct"], r["correct_norm"], r["n"]], dtype=torch.float64,
-                                          device=run.data.device), d)
+    counts = all_reduce_mean(torch.tensor([r["correct"], r["correct_norm"], r["n"]], dtype=torch.float32,
+                                          device=run.data.device), d)  # float32: MPS has no float64
     correct, correct_norm, n = (round(c * d.world) for c in counts.tolist())
     acc, acc_norm = correct / n, correct_norm / n
     print0(d, f"step {state.iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} ({n:,} examples)")
