@@ -185,7 +185,9 @@ class ReplyWorker:
         self.chat = chat
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reply")
         self.replies = {}  # id -> Reply, waiting or being written
-        self.lock = threading.Lock()  # a reply is either started or stopped while waiting, never both
+        # a reply is either started or stopped while waiting, never both; reentrant because
+        # Ctrl-C's handler stops every reply on the thread that may be inside stop() already
+        self.lock = threading.RLock()
 
     def submit(self, reply):
         self.replies[reply.id] = reply

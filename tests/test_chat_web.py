@@ -35,12 +35,12 @@ BLOCK = 128
 MAX_NEW = 12
 
 
-def tiny_chat_model(seed=0):
+def tiny_chat_model(seed=0, block_size=BLOCK):
     """A tiny random model over the GPT-2 vocabulary. Its weights are scaled up so that its
     greedy replies are varied words that depend on the prompt (at the usual init they are one
     token repeated), which is what shows a reply went to the wrong conversation."""
     torch.manual_seed(seed)
-    model = GPT(tiny_config(block_size=BLOCK, vocab_size=50304, n_layer=1, n_head=2)).eval()
+    model = GPT(tiny_config(block_size=block_size, vocab_size=50304, n_layer=1, n_head=2)).eval()
     with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
@@ -412,7 +412,7 @@ def test_stop_ends_a_reply_and_a_waiting_one_on_the_server(server, http, paced):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("web") / "ckpt.pt"
-    save_checkpoint(checkpoint_dict(tiny_chat_model()), str(path))
+    save_checkpoint(checkpoint_dict(tiny_chat_model(block_size=1024)), str(path))  # room for a long reply
     return path
 
 
@@ -451,8 +451,18 @@ def test_command_serves_and_stops_cleanly_on_ctrl_c(checkpoint):
             assert http.get("/api/info").json()["model"] == str(checkpoint)
             events = parse_events(http.post("/api/chat", json={"messages": [user("hi")]}).text)
             assert events[-1] == ("done", {"reason": "length", "tokens": 5})
-        process.send_signal(signal.SIGINT)
-        started = time.monotonic()
+            # Ctrl-C while a 1000-token reply is being written: the reply ends, then the server
+            text = ""
+            with http.stream("POST", "/api/chat", json={"messages": [user("Go on.")], "max_new_tokens": 1000}) as response:
+                assert response.status_code == 200
+                for chunk in response.iter_text():
+                    if "event: token" in chunk and "event: token" not in text:
+                        process.send_signal(signal.SIGINT)
+                        started = time.monotonic()
+                    text += chunk
+            events = parse_events(text)
+            assert events[-1][0] == "done" and events[-1][1]["reason"] == "cancelled", events[-1]
+            assert events[-1][1]["tokens"] < 1000
         out, err = process.communicate(timeout=15)
         assert time.monotonic() - started < 10
     finally:
