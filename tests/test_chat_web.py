@@ -424,17 +424,15 @@ def chat_command(checkpoint, *args):
 def test_command_refuses_bad_web_settings_in_one_line(checkpoint):
     require_module("fastapi", INSTALL)
     require_module("uvicorn", INSTALL)
-    with chat_web_bio.bind("127.0.0.1", 0) as taken:
-        port = taken.getsockname()[1]
-        cases = {"--port=70000": "port", "--prompt=hi": "--prompt", f"--port={port}": "cannot listen"}
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        with ThreadPoolExecutor(max_workers=3) as pool:
-            results = list(pool.map(lambda arg: subprocess.run(chat_command(checkpoint, arg), capture_output=True,
-                                                               text=True, timeout=120, env=env), cases))
-    for (arg, phrase), result in zip(cases.items(), results):
-        lines = result.stderr.strip().splitlines()
-        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (arg, result.stderr)
-        assert phrase in lines[0] and result.stdout == ""
+    for arg, phrase in (("--port=70000", "port"), ("--prompt=hi", "--prompt")):  # refused before the model loads
+        with pytest.raises(chat_web_bio.UserError, match=phrase):
+            chat_bio.main(chat_command(checkpoint, arg)[2:])
+    with chat_web_bio.bind("127.0.0.1", 0) as taken:  # a port in use: through the real command
+        result = subprocess.run(chat_command(checkpoint, f"--port={taken.getsockname()[1]}"), capture_output=True,
+                                text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and result.stdout == "", result.stderr
+    assert lines[0].startswith("error: cannot listen on 127.0.0.1:") and "--port" in lines[0]
 
 
 def test_command_serves_and_stops_cleanly_on_ctrl_c(checkpoint):
