@@ -502,7 +502,7 @@ def test_the_page_in_a_real_browser(tmp_path):
     require_module("fastapi", INSTALL)
     require_module("uvicorn", INSTALL)
     paced = Paced(tiny_chat_model())
-    chat = make_chat(paced, system="You are a helpful assistant.", max_new_tokens=60, temperature=0.7, seed=None)
+    chat = make_chat(paced, system="You are a helpful assistant.", max_new_tokens=60, temperature=0.7, seed=1)
     app = chat_web_bio.create_app(chat, "tiny-random (test)")
     driver = browser()
     from selenium.webdriver.common.by import By
