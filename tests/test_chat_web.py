@@ -380,10 +380,13 @@ def test_a_client_that_disconnects_frees_the_worker_at_once(server, http, paced)
 
 def test_stop_ends_a_reply_and_a_waiting_one_on_the_server(server, http, paced):
     paced.delay = 0.05
-    results = {}
+    results, ids = {}, {}
 
     def run(key, prompt):
-        results[key] = stream_events(http, {"messages": [user(prompt)], "max_new_tokens": 100})
+        def remember_id(name, data):
+            if name == "start":
+                ids[key] = data["id"]
+        results[key] = stream_events(http, {"messages": [user(prompt)], "max_new_tokens": 100}, remember_id)
 
     first = threading.Thread(target=run, args=("first", "Write a long story."))
     first.start()
@@ -391,14 +394,13 @@ def test_stop_ends_a_reply_and_a_waiting_one_on_the_server(server, http, paced):
     second = threading.Thread(target=run, args=("second", "And another one."))
     second.start()
     assert wait_until(lambda: http.get("/api/info").json()["busy"] == 2, timeout=5)
+    assert wait_until(lambda: len(ids) == 2, timeout=5)
     time.sleep(0.3)
-    ids = list(server[1].state.worker.replies)
-    assert len(ids) == 2
     started = time.monotonic()
-    assert http.post("/api/stop", json={"id": ids[1]}).json() == {"stopped": ids[1]}  # the waiting one
+    assert http.post("/api/stop", json={"id": ids["second"]}).json() == {"stopped": ids["second"]}  # waiting
     second.join(5)
     assert results["second"][-1] == ("done", {"reason": "cancelled", "tokens": 0})
-    assert http.post("/api/stop", json={"id": ids[0]}).status_code == 200  # the one being written
+    assert http.post("/api/stop", json={"id": ids["first"]}).status_code == 200  # the one being written
     first.join(5)
     assert time.monotonic() - started < 4
     done = results["first"][-1]
