@@ -478,7 +478,8 @@ def test_command_serves_and_stops_cleanly_on_ctrl_c(checkpoint):
 def browser():
     """Headless Debian Chromium through Selenium; skipped with install advice where it is
     missing, except under CI, where a browser that cannot start fails the test."""
-    webdriver = require_module("selenium.webdriver", INSTALL)
+    require_module("selenium", INSTALL)
+    from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     hint = "install it with: apt-get install chromium chromium-driver"
     chromium, driver = shutil.which("chromium") or "/usr/bin/chromium", "/usr/bin/chromedriver"
