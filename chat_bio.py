@@ -4,6 +4,7 @@ Chat with a fine-tuned WiggleGPT checkpoint in the terminal.
     python chat_bio.py --ckpt=ckpt_finetune.pt                  # interactive
     python chat_bio.py --ckpt=ckpt_finetune.pt --prompt="Hi!"    # one answer, then exit
     cat questions.txt | python chat_bio.py --ckpt=...           # one reply line per input line
+    python chat_bio.py --ckpt=ckpt_finetune.pt --web            # in the browser (chat_web_bio.py)
 
 The conversation is rendered with the shared chat template (tokenizer_bio). Replies stream
 as they are generated and end at <|/assistant|> or <|endoftext|>, neither of which is shown.
@@ -34,6 +35,9 @@ SETTINGS = {
     "max_new_tokens": (256, "most tokens in one reply (this much context is kept free for it)"),
     **sampling_settings(temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.1, seed=-1,
                         seed_meaning="random seed for reproducible replies; turn i uses seed + i (negative: no seed)"),
+    "web": (False, "chat in the browser: serve a page and an HTTP API (needs fastapi and uvicorn)"),
+    "host": ("127.0.0.1", "address the web chat listens on (other than this machine's only when you mean it)"),
+    "port": (8000, "port of the web chat (0: any free port)"),
 }
 # the template puts a newline before the closing tag; stopping at it keeps it out of the reply
 STOP_STRINGS = ("\n" + ASSISTANT_END, ASSISTANT_END)
@@ -176,6 +180,9 @@ def answer_lines(chat, lines, write=write_stdout, warn=None):
 def main(argv=None):
     cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
     check_options(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+    if cfg.web:
+        import chat_web_bio
+        chat_web_bio.check_web_settings(cfg)  # before the model loads
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     path = cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt")
@@ -184,6 +191,8 @@ def main(argv=None):
                 seed=cfg.seed if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype),
                 temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                 repetition_penalty=cfg.repetition_penalty)
+    if cfg.web:
+        return chat_web_bio.serve(chat, name=path, host=cfg.host, port=cfg.port)
     prepare_stdout()
     try:
         if cfg.prompt:
