@@ -36,6 +36,20 @@ def run_main(main):
         sys.exit(0)
 
 
+def write_error(path, error, advice):
+    """The one-line UserError for a file that could not be written (disk full, no permission,
+    read-only folder): names the file, the reason and what to do."""
+    import errno
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some disk space"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the folder writable or choose another one"
+    else:
+        fix = "check the disk"
+    return UserError(f"could not write {path}: {reason}; {fix}, then {advice}")
+
+
 # ---------------------------------------------------------------------------------------
 # reading settings
 

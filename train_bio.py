@@ -432,8 +432,12 @@ def write_metrics(out_dir, record):
     start {iter, params, tokens_per_iter, config, time}; train {iter, loss, lr, dt_ms, mfu (null
     when the device's peak FLOP/s is unknown), tokens, tokens_per_sec, sparsity}; eval {iter, train_loss, val_loss, tokens, lr,
     peak_mem_mb}; end {iter, best_val_loss, tokens, elapsed_s, reason}."""
-    with open(os.path.join(out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    path = os.path.join(out_dir, "metrics.jsonl")
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise settings_bio.write_error(path, e, resume_advice(os.path.join(out_dir, "ckpt.pt"))) from None
 
 
 def peak_memory_mb(device):
@@ -467,10 +471,17 @@ def save_run(path_dir, raw_model, optimizer, scaler, s, state, rngs, d, best):
         sampler={"generator": rngs[0]["sampler"], "world_size": d.world},
         rank_states=rngs if d.ddp else None, wandb_run_id=state.wandb_run_id)
     path = os.path.join(path_dir, "ckpt.pt")
-    checkpoint_bio.save_checkpoint(ckpt, path)
+    checkpoint_bio.save_checkpoint(ckpt, path, resume_advice(path))
     if best:
         keep_as_best(ckpt, path, os.path.join(path_dir, "ckpt_best.pt"))
     return path
+
+
+def resume_advice(latest):
+    """What to do after a failed write (disk full, no permission): the run stops there."""
+    if os.path.exists(latest):
+        return f"continue from the last good {latest} with --init_from=resume"
+    return "run again"
 
 
 def keep_as_best(ckpt, latest, best):
@@ -485,7 +496,7 @@ def keep_as_best(ckpt, latest, best):
     except OSError:  # a filesystem without hard links
         if os.path.exists(tmp):
             os.remove(tmp)
-        checkpoint_bio.save_checkpoint(ckpt, best)
+        checkpoint_bio.save_checkpoint(ckpt, best, resume_advice(latest))
 
 
 # ---------------------------------------------------------------------------------------
