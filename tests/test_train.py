@@ -112,7 +112,7 @@ class LineReader:
 # ---------------------------------------------------------------------------------------
 
 def test_cli_trains_logs_and_saves(tmp_path):
-    s = tiny(tmp_path, max_iters=12, lr_decay_iters=12)
+    s = tiny(tmp_path, max_iters=12, lr_decay_iters=12, peak_flops=1e11)
     r = run_cli(argv(s))
     assert r.returncode == 0, r.stderr
     out = r.stdout
