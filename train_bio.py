@@ -85,7 +85,8 @@ SETTINGS = {
     "min_lr": (6e-5, "learning rate at the end of the decay (usually learning_rate / 10)"),
     # system
     "device": ("auto", "'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'"),
-    "dtype": ("auto", "'auto' (bf16 if the GPU has it, else fp16; fp32 on CPU), 'float32', 'bfloat16', 'float16'"),
+    "dtype": ("auto", "'auto' (bf16 on GPUs that compute it in hardware, else fp16; fp32 on the CPU), 'float32', "
+                       "'bfloat16', 'float16' (mixed precision through torch.autocast, on the CPU too)"),
     "compile": (False, "torch.compile the model (faster on recent GPUs, slow first iterations)"),
     "seed": (1337, "random seed; each process adds its rank"),
     "peak_flops": (0.0, "the device's dense bf16/fp16 peak FLOP/s for MFU; 0: look the GPU up in gpu_bio's table"),
