@@ -431,8 +431,8 @@ def build_model(s, device, d):
 def write_metrics(out_dir, record):
     """Append one JSON object per line to out_dir/metrics.jsonl (rank 0 only). Kinds:
     start {iter, params, tokens_per_iter, config, time}; train {iter, loss, lr, dt_ms, mfu (null
-    when the device's peak FLOP/s is unknown), tokens, tokens_per_sec, sparsity}; eval {iter, train_loss, val_loss, tokens, lr,
-    peak_mem_mb}; end {iter, best_val_loss, tokens, elapsed_s, reason}."""
+    when the device's peak FLOP/s is unknown), tokens, tokens_per_sec, sparsity}; eval {iter,
+    train_loss, val_loss, tokens, lr, peak_mem_mb}; end {iter, best_val_loss, tokens, elapsed_s, reason}."""
     path = os.path.join(out_dir, "metrics.jsonl")
     try:
         with open(path, "a", encoding="utf-8") as f:
