@@ -258,8 +258,27 @@ def auto_batch(model, seq_len, sequences, dtype, device, autocast, checkpointing
         else:
             available = free_memory(device)
             trial = estimate_trial(estimate, available[0] if available else None)
-        chosen = find_batch_size(trial, sequences, checkpointing, log)
+        chosen = agree_across_processes(*find_batch_size(trial, sequences, checkpointing, log), sequences, device)
     model.config.gradient_checkpointing = chosen[1]
     model.train(was_training)
     return chosen
+
+
+def agree_across_processes(batch, checkpointing, sequences, device):
+    """Under torchrun every process must take the same micro-batch (DDP steps together): the
+    smallest any of them found, a checkpointed one counting as smaller than any plain one."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return batch, checkpointing
+    rank = torch.tensor([batch if checkpointing else sequences + batch], device=device)
+    dist.all_reduce(rank, op=dist.ReduceOp.MIN)
+    value = int(rank)
+    return (value, True) if value <= sequences else (value - sequences, False)
+
+
+def startup_memory_report(model, seq_len, batch_size, dtype, device):
+    """The memory-estimate lines a CUDA run prints at start (see memory_report)."""
+    estimate = memory_estimate(model.config, sum(p.numel() for p in model.parameters()), seq_len, dtype)
+    free = free_memory(device)[0] + torch.cuda.memory_allocated(device)  # the weights, already there, are counted
+    return memory_report(estimate, batch_size, model.config.gradient_checkpointing, free)
 

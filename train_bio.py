@@ -608,11 +608,8 @@ def fit_to_memory(s, d, device, dtype, autocast, model):
         print0(d, f"batch_size='auto': batch_size {batch} x gradient_accumulation_steps "
                   f"{s.gradient_accumulation_steps} x block_size {s.block_size} = {s.tokens_per_iter:,} tokens per "
                   "iteration" + (", with gradient checkpointing" if checkpointing else ""))
-    if device.startswith("cuda") and d.master:
-        estimate = gpu_bio.memory_estimate(model.config, sum(p.numel() for p in model.parameters()),
-                                           s.block_size, dtype)
-        free = gpu_bio.free_memory(device)[0] + torch.cuda.memory_allocated(device)  # the weights are counted
-        for line in gpu_bio.memory_report(estimate, s.batch_size, model.config.gradient_checkpointing, free):
+    if device.startswith("cuda"):
+        for line in gpu_bio.startup_memory_report(model, s.block_size, s.batch_size, dtype, device):
             print0(d, line)
 
 

@@ -220,3 +220,21 @@ def test_a_failing_benchmark_section_keeps_the_report(monkeypatch, capsys):
     table = capsys.readouterr().out.split("benchmark", 1)[1]
     assert re.search(r"boom\s+failed\s+-\s+OutOfMemoryError: CUDA out of memory\. Tried to allocate 2\.00 GiB\n", table)
     assert "fine figure" in table and "more detail" not in table
+
+
+def _agree(rank, world, init_file, found, results):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        results[rank] = [gpu_bio.agree_across_processes(*pair, 8, "cpu") for pair in found[rank]]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_processes_agree_on_the_smallest_micro_batch(tmp_path):
+    # rank 0 fits 4 plain; rank 1 fits 8 plain, then needs checkpointing for 2: all take the smaller
+    found = [[(4, False), (4, False)], [(8, False), (2, True)]]
+    with torch.multiprocessing.Manager() as manager:
+        results = manager.dict()
+        torch.multiprocessing.spawn(_agree, args=(2, str(tmp_path / "init"), found, results), nprocs=2)
+        assert results[0] == results[1] == [(4, False), (2, True)]
