@@ -328,7 +328,7 @@ def test_sft_run_uses_the_mask_and_reports_sparsity(tmp_path, capsys):
     summary = train_bio.train(s)
     out = capsys.readouterr().out
     assert summary["reason"] == "max_iters" and "loss on assistant tokens only" in out
-    assert re.search(r"^iter 3: loss .*%, sparsity \d+\.\d%$", out, re.M)
+    assert re.search(r"^iter 3: loss .*, mfu .*, sparsity \d+\.\d%$", out, re.M)
     assert re.search(r"^step 4: train loss .*, sparsity \d+\.\d%$", out, re.M)
     train = [r for r in metrics(s["out_dir"]) if r["kind"] == "train"]
     assert all(0.0 <= t["sparsity"] <= 1.0 for t in train)
