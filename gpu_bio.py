@@ -200,8 +200,9 @@ def find_batch_size(trial, sequences, checkpointing=False, log=print):
         for batch in divisors_descending(sequences):
             try:
                 trial(batch, use_checkpointing)
-            except torch.OutOfMemoryError:
-                log(f"batch_size {batch}{' (checkpointed)' if use_checkpointing else ''}: out of memory")
+            except torch.OutOfMemoryError as e:
+                reason = (str(e).strip().splitlines() or ["out of memory"])[0][:120]
+                log(f"batch_size {batch}{' (checkpointed)' if use_checkpointing else ''} does not fit: {reason}")
                 continue
             return batch, use_checkpointing
     raise UserError("not even one sequence fits in memory with gradient checkpointing; lower block_size, "
@@ -210,7 +211,7 @@ def find_batch_size(trial, sequences, checkpointing=False, log=print):
 
 def estimate_trial(estimate, free, headroom=0.8):
     """A trial that only consults the estimate (no CUDA OOM to catch on CPU/MPS): fits when the
-    need stays under headroom x free memory."""
+    need stays under headroom x free memory (free None, memory unknown: everything fits)."""
     def trial(batch, checkpointing):
         need = needed_bytes(estimate, batch, checkpointing)
         if free is not None and need > headroom * free:

@@ -184,7 +184,7 @@ def test_batch_size_auto_keeps_the_tokens_per_iteration(tmp_path, monkeypatch, c
     summary = train_bio.train(s)
     out = capsys.readouterr().out
     assert "batch_size='auto': batch_size 2 x gradient_accumulation_steps 4 x block_size 16 = 128 tokens" in out
-    assert "batch_size 8: out of memory" in out and "batch_size 4: out of memory" in out
+    assert "batch_size 8 does not fit: estimated" in out and "batch_size 4 does not fit" in out
     assert summary["tokens"] == 2 * 128
     records = metrics(s["out_dir"])
     assert records[0]["config"]["batch_size"] == 2 and records[0]["config"]["gradient_accumulation_steps"] == 4
