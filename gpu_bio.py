@@ -130,8 +130,8 @@ def memory_estimate(config, n_params, seq_len, dtype):
     block and token, 7 fp32 values of n_embd (residual stream, norm inputs) plus 14 values in
     the compute dtype (q, k, v, attention output, MLP hidden ...); with gradient checkpointing
     only each block's fp32 input stays, and one block is rebuilt at a time in backward. The
-    logits cost 8 bytes (fp32 log-softmax and its gradient) plus 2 in the compute dtype per
-    vocabulary entry and token. Allocator slack and the CUDA context come on top.
+    logits cost 8 bytes (fp32 log-softmax and its gradient) plus 2 values in the compute dtype
+    (logits and their gradient) per vocabulary entry and token. Allocator slack and the CUDA context come on top.
     """
     act = 4 if dtype == "float32" else 2
     C, T, L, V = config.n_embd, seq_len, config.n_layer, config.vocab_size
@@ -227,6 +227,7 @@ def cuda_trial(model, optimizer_bytes, seq_len, device, autocast, headroom=0.9):
 
     def trial(batch, checkpointing):
         model.config.gradient_checkpointing = checkpointing
+        torch.cuda.empty_cache()  # what a failed try left cached must not count against this one
         torch.cuda.reset_peak_memory_stats(device)
         try:
             reserve = torch.empty(optimizer_bytes, dtype=torch.uint8, device=device)
