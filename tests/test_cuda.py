@@ -1,9 +1,11 @@
 """Protects what only a CUDA GPU can show (every test is skipped without one): bf16 and fp16
 training steps through train_bio, fused AdamW, pinned host batches, KV-cache generation under
 autocast agreeing with a full recompute, torch.compile training, batch_size='auto' with the
-memory estimate printed, and 'auto' dtype following the card's real bf16 support."""
+memory estimate printed, a real out-of-memory backed off from, 'auto' dtype following the card's
+real bf16 support, and the 124M benchmark section sizing its batch to the card."""
 
 import os
+import re
 
 import pytest
 import torch
@@ -104,3 +106,10 @@ def test_batch_search_backs_off_from_a_real_out_of_memory():
             torch.empty(too_big * 2, dtype=torch.uint8, device="cuda")
         gpu_bio.cuda_trial(model, 0, 32, "cuda", autocast_for("cuda", "float16"))(batch, checkpointing)
     assert gpu_bio.find_batch_size(trial, 8, log=lambda line: None) == (2, False)
+
+
+def test_gpu_benchmark_section_fits_the_card():
+    import bench_bio
+    throughput, mfu = bench_bio.bench_gpu_124m(quick=True)
+    assert float(throughput[1].replace(",", "")) > 0 and re.search(r"B=\d+, T=1024", throughput[3])
+    assert mfu[1] == "unknown" if gpu_bio.peak_flops_for(torch.cuda.get_device_name()) is None else mfu[1].endswith("%")
