@@ -9,6 +9,7 @@ Each section is a function that returns rows (what, measured, goal, detail); mai
 ones asked for and prints the table. Timings are medians of several repeats after a warm-up.
 """
 
+import gc
 import platform
 import statistics
 import time
@@ -147,20 +148,26 @@ SECTIONS["activation"] = bench_activation
 
 
 def bench_gpu_124m(quick):
-    """Tokens/s and MFU of the published 124M config in bf16 on a CUDA GPU (skipped without one)."""
+    """Tokens/s and MFU of the published 124M config in mixed precision on a CUDA GPU (skipped
+    without one). The micro-batch is the largest of 16 (4 quick), 8, 4, 2, 1 sequences of 1,024
+    that fits the card (gpu_bio's batch search), so an 8 GB card reports instead of failing."""
     if not torch.cuda.is_available():
-        return [("124M bf16 training on GPU", "skipped", "-", "no CUDA GPU on this machine")]
+        return [("124M training on GPU", "skipped", "-", "no CUDA GPU on this machine")]
+    import gpu_bio
     from model_bio import GPT, GPTConfig
-    from settings_bio import pick_dtype
+    from settings_bio import autocast_for, pick_dtype
     dtype = pick_dtype("auto", "cuda")
+    autocast = autocast_for("cuda", dtype)
     model = GPT(GPTConfig()).cuda()
+    T = model.config.block_size
+    B, checkpointing = gpu_bio.auto_batch(model, T, 4 if quick else 16, dtype, "cuda", autocast, False,
+                                          log=lambda line: print(f"  gpu_124m: {line}", flush=True))
     opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cuda")
-    B, T = (4, 1024)
-    idx = torch.randint(0, 50304, (B, T), device="cuda")
-    scaler = torch.amp.GradScaler(enabled=(dtype == "float16"))
+    idx = torch.randint(0, model.config.vocab_size, (B, T), device="cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
 
     def step():
-        with torch.autocast("cuda", dtype=getattr(torch, dtype)):
+        with autocast:
             _, loss = model(idx, idx)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -169,10 +176,13 @@ def bench_gpu_124m(quick):
         torch.cuda.synchronize()  # time the GPU work, not the launch
 
     dt = median_seconds(step, 3 if quick else 10, warmup=2)
-    peak = 989e12 if "H100" in torch.cuda.get_device_name(0) else 312e12
-    mfu = model.estimate_mfu(B * T, dt, peak)
-    return [("124M training tokens/s (GPU)", f"{B * T / dt:,.0f}", "-", f"{dtype}, B={B}, T={T}"),
-            ("124M MFU (GPU)", f"{mfu * 100:.1f}%", "-", f"of {peak / 1e12:.0f} TFLOP/s peak")]
+    shape = f"{dtype}, B={B}, T={T}" + (", gradient checkpointing" if checkpointing else "")
+    rows = [("124M training tokens/s (GPU)", f"{B * T / dt:,.0f}", "-", shape)]
+    peak, source = gpu_bio.resolve_peak_flops(0, "cuda")
+    if peak is None:
+        return rows + [("124M MFU (GPU)", "unknown", "-", gpu_bio.unknown_peak_hint("cuda"))]
+    mfu = model.estimate_mfu(B * T, dt, peak, T)
+    return rows + [("124M MFU (GPU)", f"{mfu * 100:.1f}%", "-", f"of {peak / 1e12:.1f} TFLOP/s ({source})")]
 
 
 SECTIONS["gpu_124m"] = bench_gpu_124m
@@ -299,6 +309,21 @@ def print_table(rows):
         print(line.format(*(str(c) for c in row)))
 
 
+def run_section(name, quick):
+    """A section's rows; a section that fails (out of memory, a missing tool) becomes one row
+    with its one-line error, and the other sections still report."""
+    try:
+        return SECTIONS[name](quick)
+    except Exception as e:  # noqa: BLE001 (any failure of one section must not lose the report)
+        reason = (str(e).strip().splitlines() or [""])[0][:160]
+        print(f"  {name} failed: {type(e).__name__}: {reason}", flush=True)
+        failed = [(name, "failed", "-", f"{type(e).__name__}: {reason}")]
+    gc.collect()  # the failed section's tensors, before the next section needs the memory
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return failed
+
+
 def main():
     cfg = load_settings(SETTINGS, description=__doc__.strip().splitlines()[0], allow_config_file=False)
     wanted = [s for s in cfg.only.split(",") if s] or list(SECTIONS)
@@ -310,7 +335,7 @@ def main():
     for name in wanted:
         torch.manual_seed(cfg.seed)
         print(f"running {name} ...", flush=True)
-        rows.extend(SECTIONS[name](cfg.quick))
+        rows.extend(run_section(name, cfg.quick))
     print()
     print_table(rows)
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, fields
 import torch
 
 from model_bio import GPT, GPTConfig
-from settings_bio import UserError
+from settings_bio import UserError, write_error
 
 FORMAT = "wigglegpt-bio/1"
 
@@ -49,26 +49,39 @@ def checkpoint_dict(model, **extra):
             "model_args": dict(config), **extra}
 
 
-def save_checkpoint(ckpt, path):
-    """Write atomically: a temporary file in the same folder, flushed and fsynced, then renamed."""
+def save_checkpoint(ckpt, path, advice="run again"):
+    """Write atomically: a temporary file in the same folder, flushed and fsynced, then renamed.
+    A full disk or a folder without write permission is a CheckpointError (one line, naming the
+    file and advice, what to do after fixing it); the previous file at path stays as it was and
+    no temporary file is left."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
+        os.makedirs(folder, exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(ckpt, f)
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as e:
+        remove_quietly(tmp)
+        error = write_error(path, e, advice)
+        raise CheckpointError(str(error)) from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        remove_quietly(tmp)  # also after Ctrl-C or any other failure mid-write
+
+
+def remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:  # not there (the usual case), or the disk is gone: nothing more to do
+        pass
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 import numpy as np
 from tqdm import tqdm
 
-from settings_bio import UserError
+from settings_bio import UserError, write_error
 from tokenizer_bio import EOT, VOCAB_SIZE, get_tokenizer, InvalidConversation, render_conversation
 
 SPLITS = ("train", "val")
@@ -221,15 +221,22 @@ def partial_name(name):
     return name[: -len(".bin")] + ".partial.bin"
 
 
-def write_json_atomically(path, data):
-    """Write temp, fsync, replace: a crash leaves either the old file or the new one, never half."""
+def write_json_atomically(path, data, advice="run again"):
+    """Write temp, fsync, replace: a crash leaves either the old file or the new one, never half.
+    A full disk or a missing permission is one UserError naming the file, advice saying what to
+    do next; the old file stays and the temporary one is removed."""
     temp = path + ".tmp"
-    with open(temp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
+    try:
+        with open(temp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except OSError as e:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise write_error(path, e, advice) from None
 
 
 class TokenWriter:
@@ -240,12 +247,16 @@ class TokenWriter:
         self.files, self.buffers = {}, {}
         for name in output_names(with_mask):
             path = os.path.join(out_dir, partial_name(name))
-            if sizes is None:
-                f = open(path, "wb")
-            else:  # resume: cut back whatever was written after the last recorded chunk
-                f = open(path, "r+b")
-                f.truncate(sizes[name])
-                f.seek(sizes[name])
+            try:
+                if sizes is None:
+                    f = open(path, "wb")
+                else:  # resume: cut back whatever was written after the last recorded chunk
+                    f = open(path, "r+b")
+                    f.truncate(sizes[name])
+                    f.seek(sizes[name])
+            except OSError as e:
+                self.close()
+                raise write_error(path, e, "run again") from None
             self.files[name], self.buffers[name] = f, []
         self.buffered_bytes = 0
 
@@ -255,20 +266,28 @@ class TokenWriter:
         if self.with_mask:
             self.buffers[f"{split}_mask.bin"].append(mask)
 
-    def flush(self):
-        """Append the buffers to disk for good; return the byte size of every file."""
+    def flush(self, advice="run again"):
+        """Append the buffers to disk for good; return the byte size of every file. A failed
+        write (disk full) is a UserError; the bytes after the last recorded size are cut
+        back on --resume, so a partly written chunk does no harm."""
         for name, f in self.files.items():
-            if self.buffers[name]:
-                f.write(np.concatenate(self.buffers[name]).tobytes())
-                self.buffers[name] = []
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                if self.buffers[name]:
+                    f.write(np.concatenate(self.buffers[name]).tobytes())
+                    self.buffers[name] = []
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:
+                raise write_error(f.name, e, advice) from None
         self.buffered_bytes = 0
         return {name: f.tell() for name, f in self.files.items()}
 
     def close(self):
         for f in self.files.values():
-            f.close()
+            try:
+                f.close()  # flushes what is still buffered: fails again on a full disk
+            except OSError:
+                pass  # the error that matters was reported already
 
 
 def check_output_dir(out_dir, resume, overwrite):
@@ -397,7 +416,10 @@ def prepare(rows, encode_rows, out_dir, *, source, recipe, with_mask=False, val_
         raise UserError(f"batch_size={batch_size} should be at least 1")
     if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
         raise UserError(f"the row limit {max_rows!r} should be a positive integer")
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise write_error(out_dir, e, "run again") from None
     recipe = {**recipe, "source": source, "val_fraction": val_fraction, "with_mask": with_mask}
     progress = check_output_dir(out_dir, resume, overwrite)
     if progress is not None and progress["recipe"] != recipe:
@@ -411,9 +433,11 @@ def prepare(rows, encode_rows, out_dir, *, source, recipe, with_mask=False, val_
     progress_path = os.path.join(out_dir, PROGRESS_NAME)
 
     def save_progress():
-        sizes = writer.flush()
+        advice = ("continue with --resume after the last saved chunk" if os.path.exists(progress_path)
+                  else "run again with --overwrite")
+        sizes = writer.flush(advice)
         stats["skipped"] = dict(skipped)
-        write_json_atomically(progress_path, {"recipe": recipe, "stats": stats, "bytes": sizes})
+        write_json_atomically(progress_path, {"recipe": recipe, "stats": stats, "bytes": sizes}, advice)
 
     def add(results):
         for result in results:
@@ -464,13 +488,9 @@ def prepare(rows, encode_rows, out_dir, *, source, recipe, with_mask=False, val_
 
 
 def finish(out_dir, with_mask, stats, source, recipe, val_fraction):
-    """Rename the partial files to their final names, then write meta.json and drop the progress file."""
-    for name in output_names(with_mask):
-        os.replace(os.path.join(out_dir, partial_name(name)), os.path.join(out_dir, name))
-    if not with_mask:  # masks left by an earlier chat run in this folder no longer match
-        for name in set(output_names(True)) - set(output_names(False)):
-            if os.path.exists(os.path.join(out_dir, name)):
-                os.remove(os.path.join(out_dir, name))
+    """Write meta.json, then rename the partial files to their final names and drop the
+    progress file. meta.json first: it is the only step that needs disk space, and when it
+    fails the partial files and the progress record are still there for --resume."""
     meta = {
         "vocab_size": VOCAB_SIZE, "tokenizer": "gpt2", "dtype": "uint16", "eot_token": EOT,
         "train_tokens": stats["tokens"]["train"], "val_tokens": stats["tokens"]["val"],
@@ -483,7 +503,13 @@ def finish(out_dir, with_mask, stats, source, recipe, val_fraction):
     if with_mask:
         meta.update(mask_dtype="uint8", train_masked_tokens=stats["masked_tokens"]["train"],
                     val_masked_tokens=stats["masked_tokens"]["val"])
-    write_json_atomically(os.path.join(out_dir, "meta.json"), meta)
+    write_json_atomically(os.path.join(out_dir, "meta.json"), meta, "continue with --resume")
+    for name in output_names(with_mask):
+        os.replace(os.path.join(out_dir, partial_name(name)), os.path.join(out_dir, name))
+    if not with_mask:  # masks left by an earlier chat run in this folder no longer match
+        for name in set(output_names(True)) - set(output_names(False)):
+            if os.path.exists(os.path.join(out_dir, name)):
+                os.remove(os.path.join(out_dir, name))
     os.remove(os.path.join(out_dir, PROGRESS_NAME))
     print_summary(out_dir, meta)
     return meta

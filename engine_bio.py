@@ -54,7 +54,7 @@ def sampling_settings(temperature, top_k, top_p, repetition_penalty, seed, seed_
         "repetition_penalty": (repetition_penalty, "above 1 makes tokens already in the context less likely (1 = off)"),
         "seed": (seed, seed_meaning),
         "device": ("auto", "auto, cpu, cuda, cuda:N or mps"),
-        "dtype": ("auto", "auto, float32, bfloat16 or float16 (autocast on GPUs)"),
+        "dtype": ("auto", "auto, float32, bfloat16 or float16 (torch.autocast, also on the CPU)"),
     }
 
 

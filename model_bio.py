@@ -376,12 +376,14 @@ class GPT(nn.Module):
                   {"params": no_decay, "weight_decay": 0.0}]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=(device_type == "cuda"))
 
-    def estimate_mfu(self, tokens_per_iter, dt, peak_flops):
+    def estimate_mfu(self, tokens_per_iter, dt, peak_flops, seq_len=None):
         """Model FLOPs utilisation: achieved FLOP/s over peak_flops (e.g. 312e12 for A100 bf16).
 
         FLOPs per token = 6N + 12 * n_layer * n_head * head_dim * T (PaLM, Chowdhery et al.
-        2022, appendix B): 6N for the matmuls forward and backward, the rest for attention.
+        2022, appendix B): 6N for the matmuls forward and backward, the rest for attention,
+        where T is the sequence length actually trained (seq_len; default the model's block_size).
         """
         cfg = self.config
-        flops_per_token = 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+        T = seq_len or cfg.block_size
+        flops_per_token = 6 * self.get_num_params() + 12 * cfg.n_layer * cfg.n_embd * T
         return flops_per_token * tokens_per_iter / dt / peak_flops

@@ -1,7 +1,8 @@
 """
 Settings for every script: defaults, then a config file, then --key=value overrides.
 
-Each script declares its settings as {name: (default, "one-line meaning")}. Config files
+Each script declares its settings as {name: (default, "one-line meaning")}, optionally followed
+by literal strings the setting also takes (("auto",) for batch_size='auto'). Config files
 stay plain Python assignments (users edit them per GPU) but are read into a dict and checked
 like command-line overrides, so a typo is an error that names the key and the closest valid
 ones, never a silently new global. Also here: the one-line error every script prints for bad
@@ -35,6 +36,20 @@ def run_main(main):
         sys.exit(0)
 
 
+def write_error(path, error, advice):
+    """The one-line UserError for a file that could not be written (disk full, no permission,
+    read-only folder): names the file, the reason and what to do."""
+    import errno
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some disk space"
+    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the folder writable or choose another one"
+    else:
+        fix = "check the disk"
+    return UserError(f"could not write {path}: {reason}; {fix}, then {advice}")
+
+
 # ---------------------------------------------------------------------------------------
 # reading settings
 
@@ -43,8 +58,11 @@ def _closest(key, known):
     return f"; did you mean {' or '.join(repr(k) for k in near)}?" if near else ""
 
 
-def _check_type(key, value, default, where):
-    """Return value converted to the default's type, or raise a UserError naming the key."""
+def _check_type(key, value, default, where, also=()):
+    """Return value converted to the default's type, or raise a UserError naming the key.
+    also: extra literal values the setting takes besides its type (e.g. batch_size 'auto')."""
+    if value in also and isinstance(value, str):
+        return value
     if default is None:  # no type to hold it to (e.g. an optional path)
         return value
     if isinstance(default, bool):
@@ -63,7 +81,8 @@ def _check_type(key, value, default, where):
         return value
     kind = type(default).__name__
     article = "an" if kind[0] in "aeiou" else "a"
-    raise UserError(f"{key}={value!r} {where} should be {article} {kind} like the default {default!r}")
+    extra = "".join(f" or {a!r}" for a in also)
+    raise UserError(f"{key}={value!r} {where} should be {article} {kind} like the default {default!r}{extra}")
 
 
 def _parse_value(text, default):
@@ -96,14 +115,14 @@ def read_config_file(path):
 def help_text(settings, description):
     width = max(len(k) for k in settings)
     lines = [description, "", "settings (config file assignments or --key=value):"]
-    for key, (default, meaning) in settings.items():
+    for key, (default, meaning, *_) in settings.items():
         shown = "" if "(default" in meaning else f" (default: {default!r})"
         lines.append(f"  --{key.ljust(width)}  {meaning}{shown}")
     return "\n".join(lines)
 
 
 def default_values(settings):
-    return {key: default for key, (default, _) in settings.items()}
+    return {key: entry[0] for key, entry in settings.items()}
 
 
 def apply_settings(settings, values, given, where):
@@ -112,7 +131,7 @@ def apply_settings(settings, values, given, where):
     for key, value in given.items():
         if key not in settings:
             raise UserError(f"unknown setting {key!r} {where}{_closest(key, list(settings))}")
-        values[key] = _check_type(key, value, settings[key][0], where)
+        values[key] = _check_type(key, value, settings[key][0], where, settings[key][2:])
     return values
 
 
@@ -142,7 +161,7 @@ def load_settings(settings, argv=None, description="", allow_config_file=True):
             value = True
         else:
             value = _parse_value(text, default)
-        values[key] = _check_type(key, value, default, "on the command line")
+        values[key] = _check_type(key, value, default, "on the command line", settings[key][2:])
     return types.SimpleNamespace(**values)
 
 
@@ -158,34 +177,50 @@ def pick_device(requested="auto"):
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={requested} asked for, but this machine has no CUDA GPU "
-                        "(or torch is the CPU build); use --device=cpu or install the CUDA build")
+    if requested == "cuda" or requested.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device={requested} asked for, but this machine has no CUDA GPU "
+                            "(or torch is the CPU build); use --device=cpu or install the CUDA build")
+        index = requested.partition(":")[2]
+        if index and not index.isdigit():
+            raise UserError(f"device={requested}: the GPU number must be a whole number, as in cuda:0")
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise UserError(f"device={requested} asked for, but this machine has {count} GPU(s): "
+                            f"cuda:0 to cuda:{count - 1}")
+        return requested
     if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError("device=mps asked for, but MPS is not available here")
-    if requested != "cpu" and not requested.startswith(("cuda", "mps")):
+    if requested not in ("cpu", "mps"):
         raise UserError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps")
     return requested
 
 
 def pick_dtype(requested, device):
-    """'auto' is bf16 on GPUs that support it, else fp16 on CUDA, else fp32."""
-    import torch
+    """'auto' is bf16 on GPUs that compute it in hardware, fp16 on older GPUs, fp32 elsewhere.
+    On the CPU bfloat16 and float16 run through CPU autocast when asked for (slow, but the
+    same mixed-precision code path as a GPU, so it can be tested anywhere)."""
     if requested == "auto":
         if device.startswith("cuda"):
-            return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+            import gpu_bio
+            return "bfloat16" if gpu_bio.has_native_bf16(device) else "float16"
         return "float32"
     if requested not in ("float32", "bfloat16", "float16"):
         raise UserError(f"unknown dtype {requested!r}; use auto, float32, bfloat16 or float16")
-    if requested == "bfloat16" and device.startswith("cuda") and not torch.cuda.is_bf16_supported():
-        raise UserError("this GPU does not support bfloat16; use --dtype=float16")
+    if requested == "bfloat16" and device.startswith("cuda"):
+        import gpu_bio
+        if not gpu_bio.has_native_bf16(device):
+            import torch
+            name = torch.cuda.get_device_name(gpu_bio.cuda_index(device))
+            raise UserError(f"{name} has no hardware bfloat16 (compute capability below 8.0; torch would "
+                            "emulate it, slowly); use --dtype=float16 or --dtype=auto")
     return requested
 
 
 def autocast_for(device, dtype):
-    """Mixed precision on GPUs; on the CPU plain fp32 (CPU autocast is slow and lossy here)."""
+    """Mixed precision as torch.autocast on CUDA, MPS and the CPU alike; float32: no autocast."""
     import torch
-    device_type = "cuda" if device.startswith("cuda") else device.split(":")[0]
-    if dtype == "float32" or device_type == "cpu":
+    device_type = device.split(":")[0]
+    if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))

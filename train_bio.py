@@ -31,6 +31,7 @@ import torch
 
 import checkpoint_bio
 import evaluate_bio
+import gpu_bio
 import settings_bio
 from model_bio import GPT, GPTConfig
 from settings_bio import UserError, load_settings, run_main
@@ -55,7 +56,10 @@ SETTINGS = {
     "data_root": ("data", "folder that holds the dataset folders"),
     "dataset": ("openwebtext", "dataset folder under data_root with train.bin and val.bin (+ *_mask.bin for SFT)"),
     "gradient_accumulation_steps": (40, "micro-batches per optimizer step, summed over all processes"),
-    "batch_size": (12, "sequences per micro-batch and process"),
+    "batch_size": (12, "sequences per micro-batch and process; 'auto': the largest that fits in memory, "
+                       "with gradient_accumulation_steps chosen to keep tokens_per_iter", "auto"),
+    "tokens_per_iter": (0, "tokens per optimizer step over all processes, which batch_size='auto' keeps "
+                           "(0: batch_size x gradient_accumulation_steps x block_size; if set, they must agree)"),
     "block_size": (1024, "tokens per training sequence (context length)"),
     # model (the GPTConfig fields)
     "n_layer": (12, "transformer blocks"),
@@ -85,10 +89,11 @@ SETTINGS = {
     "min_lr": (6e-5, "learning rate at the end of the decay (usually learning_rate / 10)"),
     # system
     "device": ("auto", "'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'"),
-    "dtype": ("auto", "'auto' (bf16 if the GPU has it, else fp16; fp32 on CPU), 'float32', 'bfloat16', 'float16'"),
+    "dtype": ("auto", "'auto' (bf16 on GPUs that compute it in hardware, else fp16; fp32 on the CPU), 'float32', "
+                       "'bfloat16', 'float16' (mixed precision through torch.autocast, on the CPU too)"),
     "compile": (False, "torch.compile the model (faster on recent GPUs, slow first iterations)"),
     "seed": (1337, "random seed; each process adds its rank"),
-    "peak_flops": (312e12, "the device's peak FLOP/s for the MFU figure (312e12: A100 bf16)"),
+    "peak_flops": (0.0, "the device's dense bf16/fp16 peak FLOP/s for MFU; 0: look the GPU up in gpu_bio's table"),
     "max_nan_skips": (5, "stop after this many non-finite losses in a row (each skips its update)"),
     # logging
     "wandb_log": (False, "log to Weights & Biases (WANDB_MODE=offline works without network)"),
@@ -114,13 +119,13 @@ def as_settings(settings):
 
 def check_settings(s):
     """Impossible settings become one clear UserError before anything is built."""
-    positive = ["eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "batch_size",
-                "block_size", "max_nan_skips"]
+    positive = ["eval_interval", "log_interval", "eval_iters", "gradient_accumulation_steps", "block_size",
+                "max_nan_skips"] + ([] if s.batch_size == "auto" else ["batch_size"])
     for key in positive:
         if getattr(s, key) <= 0:
             raise UserError(f"{key} must be positive, got {getattr(s, key)}")
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "weight_decay", "grad_clip",
-                "hellaswag_interval", "hellaswag_limit"):
+                "hellaswag_interval", "hellaswag_limit", "tokens_per_iter", "peak_flops"):
         if getattr(s, key) < 0:
             raise UserError(f"{key} must not be negative, got {getattr(s, key)}")
     if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in s.betas):
@@ -134,15 +139,33 @@ def check_settings(s):
         raise UserError(f"min_lr={s.min_lr} is above learning_rate={s.learning_rate}")
     if not 0.0 < s.wsd_decay_frac <= 1.0:
         raise UserError(f"wsd_decay_frac must be in (0, 1], got {s.wsd_decay_frac}")
-    if s.peak_flops <= 0:
-        raise UserError(f"peak_flops must be positive, got {s.peak_flops}")
     if not s.out_dir:
         raise UserError("out_dir must not be empty")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if s.gradient_accumulation_steps % world:
+    check_token_budget(s, world)
+    if s.batch_size != "auto" and s.gradient_accumulation_steps % world:
         raise UserError(f"gradient_accumulation_steps={s.gradient_accumulation_steps} is not divisible by the "
                         f"{world} processes; use a multiple of {world}")
     model_config_from(s)  # n_embd % n_head, head size for RoPE, dropout range, ...
+
+
+def check_token_budget(s, world):
+    """batch_size='auto' needs tokens_per_iter in whole sequences per process; a fixed batch_size
+    with a tokens_per_iter must add up to it (a config's budget is never changed by accident)."""
+    if s.batch_size == "auto":
+        if s.tokens_per_iter <= 0:
+            raise UserError("batch_size='auto' needs the tokens per iteration to keep: set tokens_per_iter "
+                            f"(e.g. --tokens_per_iter={32 * s.block_size} for 32 sequences of {s.block_size})")
+        if s.tokens_per_iter % (s.block_size * world):
+            raise UserError(f"tokens_per_iter={s.tokens_per_iter} is not a whole number of block_size "
+                            f"{s.block_size} sequences for each of the {world} process(es); use a multiple of "
+                            f"{s.block_size * world}")
+        return
+    product = s.batch_size * s.gradient_accumulation_steps * s.block_size
+    if s.tokens_per_iter and s.tokens_per_iter != product:
+        raise UserError(f"batch_size {s.batch_size} x gradient_accumulation_steps {s.gradient_accumulation_steps} x "
+                        f"block_size {s.block_size} = {product:,} tokens, but tokens_per_iter={s.tokens_per_iter:,}; "
+                        "change gradient_accumulation_steps to match, or use --batch_size=auto")
 
 
 def model_config_from(s):
@@ -411,13 +434,17 @@ def build_model(s, device, d):
 
 def write_metrics(out_dir, record):
     """Append one JSON object per line to out_dir/metrics.jsonl (rank 0 only). Kinds:
-    start {iter, params, tokens_per_iter, config, time}; train {iter, loss, lr, dt_ms, mfu,
-    tokens, tokens_per_sec, sparsity}; eval {iter, train_loss, val_loss, train_bpb, val_bpb,
-    tokens, lr, peak_mem_mb} (bpb: bits per byte of the same eval batches, see evaluate_bio);
-    hellaswag {iter, acc, acc_norm, n, tokens}; end {iter, best_val_loss, tokens, elapsed_s,
-    reason}."""
-    with open(os.path.join(out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
+    start {iter, params, tokens_per_iter, config, time}; train {iter, loss, lr, dt_ms, mfu (null
+    when the device's peak FLOP/s is unknown), tokens, tokens_per_sec, sparsity}; eval {iter,
+    train_loss, val_loss, train_bpb, val_bpb, tokens, lr, peak_mem_mb} (bpb: bits per byte of the
+    same eval batches, see evaluate_bio); hellaswag {iter, acc, acc_norm, n, tokens}; end {iter,
+    best_val_loss, tokens, elapsed_s, reason}."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise settings_bio.write_error(path, e, resume_advice(os.path.join(out_dir, "ckpt.pt"))) from None
 
 
 def peak_memory_mb(device):
@@ -451,10 +478,17 @@ def save_run(path_dir, raw_model, optimizer, scaler, s, state, rngs, d, best):
         sampler={"generator": rngs[0]["sampler"], "world_size": d.world},
         rank_states=rngs if d.ddp else None, wandb_run_id=state.wandb_run_id)
     path = os.path.join(path_dir, "ckpt.pt")
-    checkpoint_bio.save_checkpoint(ckpt, path)
+    checkpoint_bio.save_checkpoint(ckpt, path, resume_advice(path))
     if best:
         keep_as_best(ckpt, path, os.path.join(path_dir, "ckpt_best.pt"))
     return path
+
+
+def resume_advice(latest):
+    """What to do after a failed write (disk full, no permission): the run stops there."""
+    if os.path.exists(latest):
+        return f"continue from the last good {latest} with --init_from=resume"
+    return "run again"
 
 
 def keep_as_best(ckpt, latest, best):
@@ -469,7 +503,7 @@ def keep_as_best(ckpt, latest, best):
     except OSError:  # a filesystem without hard links
         if os.path.exists(tmp):
             os.remove(tmp)
-        checkpoint_bio.save_checkpoint(ckpt, best)
+        checkpoint_bio.save_checkpoint(ckpt, best, resume_advice(latest))
 
 
 # ---------------------------------------------------------------------------------------
@@ -520,7 +554,7 @@ class Run:
     d: Dist
     device: str
     dtype: str
-    ctx: object  # autocast (or nothing on the CPU)
+    ctx: object  # autocast (nothing in float32)
     raw_model: GPT  # what checkpoints save
     model: torch.nn.Module  # raw_model, or compiled: evaluates
     train_model: torch.nn.Module  # model, or DDP around it: trains
@@ -531,6 +565,7 @@ class Run:
     state: RunState
     tokens_per_iter: int  # over all processes
     accum: int  # micro-batches per process
+    peak_flops: float  # the device's, for MFU; None when unknown
     wandb: object = None
     hellaswag_rows: list = None  # loaded once when hellaswag_interval > 0
 
@@ -538,10 +573,8 @@ class Run:
 def setup_run(s, d, device):
     """Precision, seeds, model (scratch, resumed or fine-tuned), data and optimizer."""
     device_type = device.split(":")[0]
-    dtype = settings_bio.pick_dtype(s.dtype, device)
-    if device_type == "cpu" and dtype != "float32":
-        print0(d, f"note: dtype {dtype} asked for; the CPU computes in float32")
-        dtype = "float32"
+    dtype = settings_bio.pick_dtype(s.dtype, device)  # bf16/fp16 on the CPU too, through CPU autocast
+    autocast = settings_bio.autocast_for(device, dtype)
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: fp32 range, much faster
         torch.backends.cudnn.allow_tf32 = True
@@ -553,6 +586,7 @@ def setup_run(s, d, device):
     sampler = torch.Generator().manual_seed(sampler_seed(s.seed, d.rank))
 
     raw_model, ckpt = build_model(s, device, d)  # before the data: a checkpoint brings its own vocab_size
+    fit_to_memory(s, d, device, dtype, autocast, raw_model)
     data = open_data(s, d, device)
     optimizer = raw_model.configure_optimizers(s.weight_decay, s.learning_rate, s.betas, device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # fp16 needs loss scaling, bf16 not
@@ -561,14 +595,31 @@ def setup_run(s, d, device):
     if d.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
         train_model = DDP(model, device_ids=[d.local_rank] if device_type == "cuda" else None)
-    run = Run(s, d, device, dtype, settings_bio.autocast_for(device, dtype), raw_model, model, train_model,
-              optimizer, scaler, data, sampler, RunState(),
-              s.gradient_accumulation_steps * s.batch_size * s.block_size, s.gradient_accumulation_steps // d.world)
+    run = Run(s, d, device, dtype, autocast, raw_model, model, train_model, optimizer, scaler, data, sampler,
+              RunState(), s.gradient_accumulation_steps * s.batch_size * s.block_size,
+              s.gradient_accumulation_steps // d.world, gpu_bio.resolve_peak_flops(s.peak_flops, device)[0])
     if ckpt is not None:
         restore(run, ckpt)
     if s.hellaswag_interval and not s.eval_only:  # read now: a bad file fails before any training
         run.hellaswag_rows = evaluate_bio.load_hellaswag(s.hellaswag_file, s.hellaswag_limit)
     return run
+
+
+def fit_to_memory(s, d, device, dtype, autocast, model):
+    """batch_size='auto': find the micro-batch (see gpu_bio.find_batch_size) and the accumulation
+    that keep tokens_per_iter. On CUDA, print the memory estimate against the free memory."""
+    if s.batch_size == "auto":
+        sequences = s.tokens_per_iter // s.block_size // d.world  # per process and iteration
+        batch, checkpointing = gpu_bio.auto_batch(model, s.block_size, sequences, dtype, device, autocast,
+                                                  s.gradient_checkpointing, log=lambda line: print0(d, line))
+        s.batch_size, s.gradient_accumulation_steps = batch, sequences // batch * d.world
+        s.gradient_checkpointing = checkpointing  # the record tells what really trained
+        print0(d, f"batch_size='auto': batch_size {batch} x gradient_accumulation_steps "
+                  f"{s.gradient_accumulation_steps} x block_size {s.block_size} = {s.tokens_per_iter:,} tokens per "
+                  "iteration" + (", with gradient checkpointing" if checkpointing else ""))
+    if device.startswith("cuda"):
+        for line in gpu_bio.startup_memory_report(model, s.block_size, s.batch_size, dtype, device):
+            print0(d, line)
 
 
 def restore(run, ckpt):
@@ -580,12 +631,13 @@ def restore(run, ckpt):
     run.state = RunState(ckpt["iter_num"], float(ckpt.get("best_val_loss", float("inf"))),
                          int(ckpt.get("tokens", ckpt["iter_num"] * run.tokens_per_iter)),
                          int(ckpt.get("last_eval_iter", -1)), ckpt.get("wandb_run_id"))
-    saved_world = ckpt.get("sampler", {}).get("world_size", 1)
-    if "rng" in ckpt and saved_world == d.world:
-        snap = ckpt["rank_states"][d.rank] if d.ddp else {**ckpt["rng"], "sampler": ckpt["sampler"]["generator"]}
-        restore_rng(snap, run.sampler)
+    # one snapshot per process: rank_states under torchrun; a plain run saves its own as rng + sampler
+    snaps = ckpt.get("rank_states") or ([{**ckpt["rng"], "sampler": ckpt["sampler"]["generator"]}]
+                                        if "rng" in ckpt else [])
+    if len(snaps) == d.world:  # plain <-> torchrun with one process is the same single stream
+        restore_rng(snaps[d.rank], run.sampler)
     else:
-        why = (f"was written by {saved_world} process(es), this run has {d.world}" if "rng" in ckpt
+        why = (f"was written by {len(snaps)} process(es), this run has {d.world}" if snaps
                else "holds no random-number state")
         print0(d, f"warning: {s.out_dir}/ckpt.pt {why}: batches and dropout will not continue exactly")
         run.sampler.manual_seed(sampler_seed(s.seed, d.rank) + run.state.iter_num)
@@ -598,6 +650,11 @@ def print_figures(run):
             ("legacy RoPE (no positions)" if cfg.legacy_rope else "RoPE") if cfg.use_rope else "learned positions"]
     kind += ["sparse gate"] if cfg.use_sparse_gate else []
     print0(d, f"device {run.device}, dtype {run.dtype}, {d.world:,} process(es)")
+    if run.peak_flops:
+        print0(d, f"MFU against {run.peak_flops / 1e12:,.1f} TFLOP/s "
+                  f"({gpu_bio.resolve_peak_flops(s.peak_flops, run.device)[1]})")
+    else:
+        print0(d, f"note: {gpu_bio.unknown_peak_hint(run.device)}")
     print0(d, f"model: {run.raw_model.get_num_params():,} parameters ({cfg.n_layer} layers, {cfg.n_head} heads, "
               f"{cfg.n_embd} wide; {', '.join(kind)})")
     print0(d, f"tokens per iteration: {run.tokens_per_iter:,} = batch_size {s.batch_size:,} x gradient accumulation "
@@ -736,9 +793,11 @@ def eval_and_save(run, lr, at_end):
 def log_iteration(run, it, loss, lr, dt):
     """The iteration's log line, metrics record and wandb point."""
     s, d = run.s, run.d
-    mfu = run.raw_model.estimate_mfu(run.tokens_per_iter // d.world, dt, s.peak_flops)  # per device
+    mfu = (run.raw_model.estimate_mfu(run.tokens_per_iter // d.world, dt, run.peak_flops, s.block_size)  # per device
+           if run.peak_flops else None)  # unknown peak: no number rather than a wrong one
     sparsity = run.raw_model.sparsity() if run.raw_model.config.use_sparse_gate else None  # .item(): syncs the GPU
-    print0(d, f"iter {it}: loss {loss:.4f}, time {dt * 1000:.2f} ms, mfu {mfu * 100:.2f}%"
+    print0(d, f"iter {it}: loss {loss:.4f}, time {dt * 1000:.2f} ms, mfu "
+              + (f"{mfu * 100:.2f}%" if mfu is not None else "unknown")
               + (f", sparsity {sparsity * 100:.1f}%" if sparsity is not None else ""))
     if d.master:
         write_metrics(s.out_dir, {"kind": "train", "iter": it, "loss": loss, "lr": lr, "dt_ms": dt * 1000,

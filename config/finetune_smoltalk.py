@@ -35,7 +35,6 @@ betas = (0.9, 0.99)
 device = "auto"
 dtype = "float16"  # fp16 everywhere the original was trained (RTX 3070); bf16 also works on Ampere
 compile = False
-peak_flops = 40.6e12  # RTX 3070 dense fp16 tensor FLOP/s with fp32 accumulate (for MFU)
 
 wandb_log = False
 wandb_project = "wigglegpt"

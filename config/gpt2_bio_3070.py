@@ -30,6 +30,7 @@ gradient_checkpointing = False  # True if 8 GB is not enough (see above)
 
 batch_size = 2
 gradient_accumulation_steps = 16
+tokens_per_iter = 32768  # --batch_size=auto keeps this, choosing batch and accumulation for the card
 max_iters = 600000  # 19.7B tokens
 
 # optimizer and schedule: train_bio.py's defaults, the published recipe (AdamW, cosine from
@@ -39,7 +40,7 @@ max_iters = 600000  # 19.7B tokens
 device = "auto"
 dtype = "auto"  # bf16 on Ampere and newer, else fp16 with loss scaling
 compile = False  # True is faster on Linux with Triton, at the price of a slow start
-peak_flops = 40.6e12  # RTX 3070 dense bf16/fp16 tensor FLOP/s with fp32 accumulate (for MFU)
+# MFU is measured against the peak of the GPU in use (gpu_bio.PEAK_FLOPS); peak_flops = ... overrides it
 
 wandb_log = False
 wandb_project = "wigglegpt"

@@ -9,5 +9,4 @@ from config.gpt2_bio_3070 import *  # noqa: F401,F403  (the published recipe)
 out_dir = "out-bio-124m-5060ti"
 batch_size = 4
 gradient_accumulation_steps = 8
-peak_flops = 47e12  # RTX 5060 Ti dense fp16/bf16 tensor FLOP/s, an estimate (for MFU)
 wandb_run_name = "bio-124m-5060ti"

@@ -3,6 +3,7 @@ GPTConfig(**ckpt['config']); the original WiggleGPT format (model_args, training
 'config', '_orig_mod.' keys, tensor best_val_loss) loads with legacy_rope on; bad files give
 one clear error; a save is atomic."""
 
+import errno
 import os
 import pickle
 
@@ -145,11 +146,12 @@ def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path, monkeypatch):
     model = GPT(tiny_config())
     save_checkpoint(checkpoint_dict(model, iter_num=1), str(path))
 
-    def crash(*args, **kwargs):
-        raise OSError("disk full")
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(CheckpointError, match=r"could not write .*ckpt\.pt: No space left on device; free some disk"):
         save_checkpoint(checkpoint_dict(model, iter_num=2), str(path))
     assert load_checkpoint(str(path))["iter_num"] == 1  # the previous checkpoint survives
     assert os.listdir(tmp_path) == ["ckpt.pt"]

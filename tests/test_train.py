@@ -112,7 +112,7 @@ class LineReader:
 # ---------------------------------------------------------------------------------------
 
 def test_cli_trains_logs_and_saves(tmp_path):
-    s = tiny(tmp_path, max_iters=12, lr_decay_iters=12)
+    s = tiny(tmp_path, max_iters=12, lr_decay_iters=12, peak_flops=1e11)
     r = run_cli(argv(s))
     assert r.returncode == 0, r.stderr
     out = r.stdout
@@ -328,7 +328,7 @@ def test_sft_run_uses_the_mask_and_reports_sparsity(tmp_path, capsys):
     summary = train_bio.train(s)
     out = capsys.readouterr().out
     assert summary["reason"] == "max_iters" and "loss on assistant tokens only" in out
-    assert re.search(r"^iter 3: loss .*%, sparsity \d+\.\d%$", out, re.M)
+    assert re.search(r"^iter 3: loss .*, mfu .*, sparsity \d+\.\d%$", out, re.M)
     assert re.search(r"^step 4: train loss .*, sparsity \d+\.\d%$", out, re.M)
     train = [r for r in metrics(s["out_dir"]) if r["kind"] == "train"]
     assert all(0.0 <= t["sparsity"] <= 1.0 for t in train)
@@ -388,6 +388,35 @@ def test_torchrun_two_cpu_processes(tmp_path):
     ckpt = load(os.path.join(s["out_dir"], "ckpt.pt"))
     assert ckpt["iter_num"] == 4 and ckpt["sampler"]["world_size"] == 2 and len(ckpt["rank_states"]) == 2
     assert not torch.equal(ckpt["rank_states"][0]["sampler"], ckpt["rank_states"][1]["sampler"])  # own batches
+
+    # torchrun 2 -> torchrun 2 continues every process's streams; torchrun 2 -> plain warns and goes on
+    r = subprocess.run([*cmd, "--init_from=resume", "--max_iters=6"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=180, env=cli_env())
+    assert r.returncode == 0 and "resuming from" in r.stdout and "warning" not in r.stdout, r.stdout + r.stderr
+    r = run_cli([*argv(s), "--init_from=resume", "--max_iters=8"])
+    assert r.returncode == 0, r.stderr
+    assert "was written by 2 process(es), this run has 1: batches and dropout will not continue exactly" in r.stdout
+    assert load(os.path.join(s["out_dir"], "ckpt.pt"))["iter_num"] == 8
+
+
+def test_resume_between_plain_and_torchrun_with_one_process_is_exact(tmp_path):
+    # a plain run's checkpoint has no rank_states; one torchrun process is the same single stream
+    s = tiny(tmp_path, dropout=0.1, max_iters=6)
+    train_bio.train({**s, "out_dir": str(tmp_path / "whole")})
+    train_bio.train({**s, "max_iters": 2})  # what `python train_bio.py` writes
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--standalone", TRAIN]
+    r = subprocess.run([*torchrun, *argv(s), "--init_from=resume", "--max_iters=4"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=180, env=cli_env())
+    assert r.returncode == 0 and "warning" not in r.stdout, r.stdout + r.stderr
+    assert load(os.path.join(s["out_dir"], "ckpt.pt"))["rank_states"] is not None
+    r = run_cli([*argv(s), "--init_from=resume"])  # and back to a plain run
+    assert r.returncode == 0 and "warning" not in r.stdout, r.stderr
+
+    def losses(out_dir):
+        return {r["iter"]: r["loss"] for r in metrics(out_dir) if r["kind"] == "train"}
+    assert losses(s["out_dir"]) == losses(tmp_path / "whole")
+    a, b = load(tmp_path / "whole" / "ckpt.pt"), load(os.path.join(s["out_dir"], "ckpt.pt"))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 def test_wandb_offline_run_continues_on_resume(tmp_path):

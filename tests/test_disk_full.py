@@ -1,0 +1,129 @@
+"""Protects every writer against a full disk or a missing permission: training through the real
+command line (a checkpoint write that fails with ENOSPC is one line on stderr that names the file
+and what to do, exit code 2, the previous ckpt.pt and ckpt_best.pt intact, no temporary file),
+checkpoint_bio's save on a permission error, and the data-prep writers (TokenWriter, the progress
+record, meta.json in finish): the old dataset survives and --resume completes the interrupted one."""
+
+import errno
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import checkpoint_bio
+import dataprep_bio
+from conftest import ROOT, tiny_config
+from model_bio import GPT
+from settings_bio import UserError
+from test_train import argv, cli_env, load, tiny
+
+DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_training_on_a_full_disk_stops_with_one_line_and_keeps_the_checkpoints(tmp_path):
+    s = tiny(tmp_path, max_iters=8, eval_interval=4)
+    child = tmp_path / "full_disk.py"
+    child.write_text(
+        "import errno, sys, torch\n"
+        f"sys.path.insert(0, {ROOT!r})\n"
+        "real_save, calls = torch.save, []\n"
+        "def save(obj, f, *args, **kwargs):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 2:  # the second checkpoint: the disk fills up half way\n"
+        "        f.write(b'half a checkpoint')\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "    return real_save(obj, f, *args, **kwargs)\n"
+        "torch.save = save\n"
+        "import train_bio\n"
+        "from settings_bio import run_main\n"
+        "run_main(lambda: train_bio.main(sys.argv[1:]))\n")
+    r = subprocess.run([sys.executable, str(child), *argv(s)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120, env=cli_env())
+    ckpt = os.path.join(s["out_dir"], "ckpt.pt")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr == (f"error: could not write {ckpt}: No space left on device; free some disk space, then "
+                        f"continue from the last good {ckpt} with --init_from=resume\n")
+    assert sorted(os.listdir(s["out_dir"])) == ["ckpt.pt", "ckpt_best.pt", "metrics.jsonl"]  # no temporary file
+    assert load(ckpt)["iter_num"] == 0 and load(os.path.join(s["out_dir"], "ckpt_best.pt"))["iter_num"] == 0
+
+
+def test_checkpoint_save_without_permission(tmp_path, monkeypatch):
+    path = str(tmp_path / "ckpt.pt")
+    checkpoint_bio.save_checkpoint(checkpoint_bio.checkpoint_dict(GPT(tiny_config()), iter_num=1), path)
+
+    def no_permission(name, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", name)
+    monkeypatch.setattr(checkpoint_bio, "open", no_permission, raising=False)
+    with pytest.raises(UserError, match=r"could not write .*ckpt\.pt: Permission denied; make the folder writable"):
+        checkpoint_bio.save_checkpoint(checkpoint_bio.checkpoint_dict(GPT(tiny_config()), iter_num=2), path)
+    assert checkpoint_bio.load_checkpoint(path)["iter_num"] == 1 and os.listdir(tmp_path) == ["ckpt.pt"]
+
+
+# ---------------------------------------------------------------------------------------
+# data preparation
+
+ROWS = [{"text": f"document {i}: " + "the quick brown fox jumps over the lazy dog " * (5 + i % 7)} for i in range(120)]
+
+
+def prepare(out_dir, rows=ROWS, **kwargs):
+    return dataprep_bio.prepare(iter(rows), dataprep_bio.TextEncoder("text"), str(out_dir), source="test rows",
+                                recipe={"kind": "text"}, val_fraction=0.1, batch_size=10, flush_bytes=2000, **kwargs)
+
+
+def fail_fsync(monkeypatch, predicate):
+    """os.fsync raises ENOSPC for the files predicate(path, nth call for that path) picks."""
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc to name the file behind a descriptor")
+    real, calls = os.fsync, {}
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        calls[path] = calls.get(path, 0) + 1
+        if predicate(path, calls[path]):
+            raise DISK_FULL
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+def files(folder):
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))}
+
+
+def test_data_prep_first_chunk_fails_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    fail_fsync(monkeypatch, lambda path, n: path.endswith("train.partial.bin"))
+    with pytest.raises(UserError, match=r"could not write .*train\.partial\.bin: No space left on device; "
+                                        r"free some disk space, then run again with --overwrite"):
+        prepare(tmp_path / "out")
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_data_prep_fails_mid_run_then_resumes_to_the_same_output(tmp_path, monkeypatch, capsys):
+    prepare(tmp_path / "clean")
+    fail_fsync(monkeypatch, lambda path, n: path.endswith("train.partial.bin") and n == 3)
+    with pytest.raises(UserError, match=r"train\.partial\.bin: No space left on device; free some disk space, "
+                                        r"then continue with --resume after the last saved chunk"):
+        prepare(tmp_path / "out")
+    monkeypatch.undo()
+    prepare(tmp_path / "out", resume=True)
+    clean, resumed = files(tmp_path / "clean"), files(tmp_path / "out")
+    assert sorted(resumed) == ["meta.json", "train.bin", "val.bin"]
+    assert resumed["train.bin"] == clean["train.bin"] and resumed["val.bin"] == clean["val.bin"]
+
+
+def test_data_prep_meta_fails_and_the_old_dataset_survives(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    prepare(out, rows=ROWS[:40])
+    old = files(out)
+    fail_fsync(monkeypatch, lambda path, n: path.endswith("meta.json.tmp"))
+    with pytest.raises(UserError, match=r"meta\.json: No space left on device; free some disk space, then "
+                                        r"continue with --resume"):
+        prepare(out, overwrite=True)
+    now = files(out)
+    assert {k: now[k] for k in old} == old  # train.bin, val.bin and meta.json as they were
+    assert "meta.json.tmp" not in now and "prepare.progress" in now
+    monkeypatch.undo()
+    meta = prepare(out, resume=True)
+    assert meta["train_docs"] + meta["val_docs"] == len(ROWS)
+    assert np.fromfile(out / "train.bin", dtype=np.uint16).size == meta["train_tokens"]
