@@ -182,17 +182,18 @@ class TextEncoder:
 
 
 class ChatEncoder:
-    """Conversation rows: the chat template and its loss mask; malformed rows become skip reasons."""
+    """Conversation rows: the chat template and its loss mask; malformed rows become skip reasons.
+    max_tokens and loss_on as in tokenizer_bio.render_conversation."""
 
-    def __init__(self, messages_field="messages"):
-        self.messages_field = messages_field
+    def __init__(self, messages_field="messages", max_tokens=1024, loss_on="assistant"):
+        self.messages_field, self.max_tokens, self.loss_on = messages_field, max_tokens, loss_on
 
     def __call__(self, rows):
         results = []
         for row in rows:
             _require_field(row, self.messages_field, "messages_field")
             try:
-                ids, mask = render_conversation(row[self.messages_field])
+                ids, mask = render_conversation(row[self.messages_field], self.max_tokens, self.loss_on)
             except InvalidConversation as e:
                 results.append(e.reason)
                 continue
