@@ -43,12 +43,13 @@ def reference_mask(messages, ids):
         if m["role"] == "assistant":
             spans.append((at + len(header), at + len(turn) - 1))
         at += len(turn)
-    body = ids[:-1]
-    decoded, offsets = tk.get_tokenizer().decode_with_offsets(body)
-    assert decoded == text[:len(decoded)]
+    whole = tk.get_tokenizer().encode_ordinary(text)  # uncut: a cut may split a character
+    assert ids[:-1] == whole[:len(ids) - 1]
+    decoded, offsets = tk.get_tokenizer().decode_with_offsets(whole)
+    assert decoded == text
     ends = offsets[1:] + [len(decoded)]
     mask = [int(any(a < max(end, start + 1) and start < b for a, b in spans)) for start, end in zip(offsets, ends)]
-    return mask + [0]
+    return mask[:len(ids) - 1] + [0]
 
 
 def fuzz_content(rng):
@@ -136,3 +137,42 @@ def test_chat_prompt_is_the_original_chat_py_prompt(turns, new_user):
     messages.append({"role": "user", "content": new_user})
     expected = tk.get_tokenizer().encode_ordinary(original_chat_prompt(turns, new_user))
     assert tk.render_prompt(messages) == expected
+
+
+def test_prepare_smoltalk_writes_the_original_ids_with_either_loss(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    conversations = list(fuzz_conversations(60, seed=1))
+    with open(tmp_path / "chats.jsonl", "w", encoding="utf-8") as f:
+        for messages in conversations:
+            f.write(json.dumps({"messages": messages}) + "\n")
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = {}
+    for loss_on in ("assistant", "all"):
+        result = subprocess.run(
+            [sys.executable, os.path.join(repo, "prepare_smoltalk.py"), "--data_files=chats.jsonl",
+             f"--out_dir={loss_on}", f"--loss_on={loss_on}", "--max_tokens=40", "--num_threads=1"],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            env={**os.environ, "PYTHONPATH": repo, "HF_HOME": str(tmp_path / "hf")})
+        assert result.returncode == 0, result.stderr
+        meta = json.loads((tmp_path / loss_on / "meta.json").read_text())
+        assert meta["val_fraction"] == 0.05 and meta["val_docs"] >= 1
+        docs = []
+        for split in ("train", "val"):
+            ids = np.fromfile(tmp_path / loss_on / f"{split}.bin", dtype=np.uint16).tolist()
+            mask = np.fromfile(tmp_path / loss_on / f"{split}_mask.bin", dtype=np.uint8).tolist()
+            ends = [i for i, t in enumerate(ids) if t == tk.EOT]
+            docs += [(ids[a:b + 1], mask[a:b + 1]) for a, b in zip([0] + [e + 1 for e in ends[:-1]], ends)]
+        found[loss_on] = sorted(docs)
+    expected = [original_ids(m, 40) for m in conversations]
+    assert sorted(ids for ids, _ in found["assistant"]) == sorted(expected)
+    assert sorted(found["assistant"]) == sorted((ids, reference_mask(m, ids)) for m, ids in zip(conversations, expected))
+    assert all(set(mask) == {1} for _, mask in found["all"])
+    with pytest.raises(SystemExit):
+        import prepare_smoltalk
+        from settings_bio import run_main
+        run_main(lambda: prepare_smoltalk.main(["--loss_on=users", f"--out_dir={tmp_path / 'x'}"]))
