@@ -43,10 +43,13 @@ def _closest(key, known):
     return f"; did you mean {' or '.join(repr(k) for k in near)}?" if near else ""
 
 
-def _check_type(key, value, default, where):
-    """Return value converted to the default's type, or raise a UserError naming the key."""
+def _check_type(key, value, default, where, meaning=""):
+    """Return value converted to the default's type, or raise a UserError naming the key.
+    None is also accepted where the setting's meaning says what None does ("None = off")."""
     if default is None:  # no type to hold it to (e.g. an optional path)
         return value
+    if value is None and "None" in meaning:
+        return None
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -106,18 +109,27 @@ def default_values(settings):
     return {key: default for key, (default, _) in settings.items()}
 
 
-def apply_settings(settings, values, given, where):
+def _unknown(key, settings, where, hints):
+    """The error for a setting name that is not in settings; hints maps known foreign names
+    (e.g. the original WiggleGPT's) to what to use instead."""
+    if hints and key in hints:
+        return UserError(f"setting {key!r} {where} is not used here: {hints[key]}")
+    return UserError(f"unknown setting {key!r} {where}{_closest(key, list(settings))}")
+
+
+def apply_settings(settings, values, given, where, hints=None):
     """Check each of given {key: value} against settings (known name, default's type) and write
     it into values; where says where the values came from, for the error message."""
     for key, value in given.items():
         if key not in settings:
-            raise UserError(f"unknown setting {key!r} {where}{_closest(key, list(settings))}")
-        values[key] = _check_type(key, value, settings[key][0], where)
+            raise _unknown(key, settings, where, hints)
+        values[key] = _check_type(key, value, settings[key][0], where, settings[key][1])
     return values
 
 
-def load_settings(settings, argv=None, description="", allow_config_file=True):
+def load_settings(settings, argv=None, description="", allow_config_file=True, hints=None):
     """Defaults, then an optional config file (a positional path), then --key=value overrides.
+    hints: {foreign setting name: what to use instead}, for a clearer error than "unknown".
 
     Returns a SimpleNamespace; vars() of it is the plain dict that goes into checkpoints.
     """
@@ -130,10 +142,12 @@ def load_settings(settings, argv=None, description="", allow_config_file=True):
         if not arg.startswith("--"):
             if not allow_config_file:
                 raise UserError(f"unexpected argument {arg!r}; settings are given as --key=value")
-            apply_settings(settings, values, read_config_file(arg), f"in {arg}")
+            apply_settings(settings, values, read_config_file(arg), f"in {arg}", hints)
             continue
         key, eq, text = arg[2:].partition("=")
         if key not in values:
+            if hints and key in hints:
+                raise _unknown(key, settings, "on the command line", hints)
             raise UserError(f"unknown setting --{key}{_closest(key, list(settings))}")
         default = settings[key][0]
         if not eq:
@@ -142,7 +156,7 @@ def load_settings(settings, argv=None, description="", allow_config_file=True):
             value = True
         else:
             value = _parse_value(text, default)
-        values[key] = _check_type(key, value, default, "on the command line")
+        values[key] = _check_type(key, value, default, "on the command line", settings[key][1])
     return types.SimpleNamespace(**values)
 
 
