@@ -117,7 +117,8 @@ class Chat:
             pass  # the cache notices an interrupted forward by itself (TokenCache.reusable)
         reply = "".join(pieces)
         if reply.strip():  # the template has no empty turns
-            self.history.append({"role": "assistant", "content": reply})
+            # kept stripped, as the original chat.py kept it: later prompts are that one's, id for id
+            self.history.append({"role": "assistant", "content": reply.strip()})
         return reply
 
 

@@ -54,6 +54,16 @@ def test_reply_ends_where_the_model_starts_a_user_turn():
     assert chat.history[-1]["content"] == "Sure, here it is."
 
 
+def test_history_keeps_replies_stripped_as_the_original():
+    script = encode("  Hi there \n") + encode("\n<|/assistant|>") + [EOT]
+    prompt_len = len(render_prompt([{"role": "user", "content": "Hi"}]))
+    chat = chat_bio.Chat(Scripted(prompt_len, script), max_new_tokens=20, temperature=0)
+    assert chat.respond("Hi", lambda piece: None) == "  Hi there \n"
+    assert chat.history == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hi there"}]
+    original = "<|user|>\nHi\n<|/user|>\n<|assistant|>\nHi there\n<|/assistant|>\n<|user|>\nNext\n<|/user|>\n<|assistant|>\n"
+    assert render_prompt(chat.history + [{"role": "user", "content": "Next"}]) == encode(original)
+
+
 def test_a_partial_user_tag_is_held_back_until_it_is_known():
     pieces = list(engine_bio.stream_text(iter(encode("a <|us")), chat_bio.STOP_STRINGS))
     assert "".join(pieces[:-1]) == "a "  # "<|us" could still have become "<|user|>": not shown...
