@@ -145,3 +145,13 @@ def test_whitespace_only_prompt_is_one_line(small_context_run):
     result = run_chat(["--prompt=   "], small_context_run)
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "only whitespace" in lines[0], result.stderr
+
+
+def test_none_is_accepted_only_where_the_setting_says_what_it_means():
+    from settings_bio import load_settings
+    import train_bio
+    cfg = load_settings(chat_bio.SETTINGS, ["--top_k=None", "--top_p=None"], allow_config_file=False)
+    assert cfg.top_k is None and cfg.top_p is None
+    engine_bio.check_options(0, cfg.temperature, cfg.top_k, cfg.top_p)
+    with pytest.raises(UserError, match="batch_size"):
+        load_settings(train_bio.SETTINGS, ["--batch_size=None"])
