@@ -462,7 +462,8 @@ def prepare(rows, encode_rows, out_dir, *, source, recipe, with_mask=False, val_
     stats["skipped"] = dict(skipped)
     if val_fraction > 0 and stats["docs"]["train"] > 1:
         top_up_val(out_dir, with_mask, stats, min_val_tokens,
-                   lambda sizes: write_json_atomically(progress_path, {"recipe": recipe, "stats": stats, "bytes": sizes}))
+                   lambda sizes: write_json_atomically(progress_path,
+                                                       {"recipe": recipe, "stats": stats, "bytes": sizes}))
     if sum(stats["docs"].values()) == 0:  # nothing to keep: leave the folder as it was
         for name in [partial_name(n) for n in output_names(with_mask)] + [PROGRESS_NAME]:
             os.remove(os.path.join(out_dir, name))

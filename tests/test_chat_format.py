@@ -15,8 +15,8 @@ import pytest
 
 import tokenizer_bio as tk
 
-PIECES = ["Hello", " world", "\n", "\n\n", "\n\n\n", "\n ", "  ", "\t", " ", "naïve café", "日本語", "😀👍🏽",
-          "<|endoftext|>", "<|user|>", "<|/assistant|>", "a\r\nb", "x" * 40, "1234", "—", ".", "?"]
+PIECES = ["Hello", " world", "\n", "\n\n", "\n\n\n", "\n ", "  ", "\t", " ", "naïve café", "日本語",
+          "😀👍🏽", "<|endoftext|>", "<|user|>", "<|/assistant|>", "a\r\nb", "x" * 40, "1234", "—", ".", "?"]
 
 
 def original_text(messages):
@@ -170,7 +170,8 @@ def test_prepare_smoltalk_writes_the_original_ids_with_either_loss(tmp_path):
         found[loss_on] = sorted(docs)
     expected = [original_ids(m, 40) for m in conversations]
     assert sorted(ids for ids, _ in found["assistant"]) == sorted(expected)
-    assert sorted(found["assistant"]) == sorted((ids, reference_mask(m, ids)) for m, ids in zip(conversations, expected))
+    assert sorted(found["assistant"]) == sorted((ids, reference_mask(m, ids))
+                                                for m, ids in zip(conversations, expected))
     assert all(set(mask) == {1} for _, mask in found["all"])
     with pytest.raises(SystemExit):
         import prepare_smoltalk

@@ -60,7 +60,8 @@ def test_history_keeps_replies_stripped_as_the_original():
     chat = chat_bio.Chat(Scripted(prompt_len, script), max_new_tokens=20, temperature=0)
     assert chat.respond("Hi", lambda piece: None) == "  Hi there \n"
     assert chat.history == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hi there"}]
-    original = "<|user|>\nHi\n<|/user|>\n<|assistant|>\nHi there\n<|/assistant|>\n<|user|>\nNext\n<|/user|>\n<|assistant|>\n"
+    original = ("<|user|>\nHi\n<|/user|>\n<|assistant|>\nHi there\n<|/assistant|>\n"
+                "<|user|>\nNext\n<|/user|>\n<|assistant|>\n")
     assert render_prompt(chat.history + [{"role": "user", "content": "Next"}]) == encode(original)
 
 

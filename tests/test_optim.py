@@ -160,7 +160,8 @@ def demo_data(tmp_path_factory):
 
 @pytest.mark.parametrize("name, text", [("config_gpt2_bio_3070.py", ORIGINAL_3070),
                                         ("config_gpt2_bio_optimized.py", ORIGINAL_OPTIMIZED),
-                                        ("config_finetune_native.py", ORIGINAL_FINETUNE)], ids=["3070", "optimized", "finetune"])
+                                        ("config_finetune_native.py", ORIGINAL_FINETUNE)],
+                         ids=["3070", "optimized", "finetune"])
 def test_original_config_files_run(name, text, demo_data):
     (demo_data / name).write_text(text)
     result = run_train([name, *TINY, f"--out_dir=out-{name}"], cwd=demo_data)
