@@ -12,8 +12,11 @@ The history is kept across turns; when it no longer fits the context, the oldest
 first (the system prompt stays) so that max_new_tokens of room are left for the reply. The
 KV cache carries over between turns: only the part of the prompt that changed is prefilled.
 
-Interactive commands: /system <text> (empty: no system prompt), /clear, /help, quit or exit
-(Ctrl-D too). Ctrl-C stops the reply being written; the conversation goes on. With stdin
+Interactive commands: /system <text> (empty: no system prompt), /clear or clear, /help,
+/quit, quit, /exit or exit (Ctrl-D too), as in the original chat.py. Ctrl-C stops the reply
+being written; the conversation goes on. A reply also ends where the model starts a user
+turn itself (<|user|>, which the published fine-tune does when it skips its closing tag).
+--preset=original samples as the original chat.py did (engine_bio.PRESETS). With stdin
 not a terminal each input line is one user message (no commands) and each reply is printed
 on one line (its own line breaks become spaces); nothing else goes to stdout.
 """
@@ -22,30 +25,37 @@ import os
 import re
 import sys
 
-from engine_bio import TokenCache, check_options, generate, sampling_settings, stream_text
+from engine_bio import (TokenCache, apply_preset, check_options, generate, preset_setting, sampling_settings,
+                        stream_text)
 from sample_bio import load_for_sampling, prepare_stdout, write_stdout
 from settings_bio import UserError, autocast_for, load_settings, pick_device, pick_dtype, run_main
-from tokenizer_bio import ASSISTANT_END, EOT, VOCAB_SIZE, render_prompt
+from tokenizer_bio import ASSISTANT_END, EOT, USER_START, VOCAB_SIZE, render_prompt
 
 SETTINGS = {
     "out_dir": ("out", "folder of the checkpoint to chat with (its ckpt.pt) when --ckpt is not given"),
     "ckpt": ("", "checkpoint file; overrides out_dir"),
     "system": ("", "system prompt (empty: none)"),
     "prompt": ("", "answer this one user message and exit"),
-    "max_new_tokens": (256, "most tokens in one reply (this much context is kept free for it)"),
+    "max_new_tokens": (None, "most tokens in one reply, this much context kept free for it "
+                             "(None: 256, or half the model's context when that is smaller)"),
     **sampling_settings(temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.1, seed=-1,
                         seed_meaning="random seed for reproducible replies; turn i uses seed + i (negative: no seed)"),
+    **preset_setting(),
     "web": (False, "chat in the browser: serve a page and an HTTP API (needs fastapi and uvicorn)"),
     "host": ("127.0.0.1", "address the web chat listens on (other than this machine's only when you mean it)"),
     "port": (8000, "port of the web chat (0: any free port)"),
 }
-# the template puts a newline before the closing tag; stopping at it keeps it out of the reply
-STOP_STRINGS = ("\n" + ASSISTANT_END, ASSISTANT_END)
+# the template puts a newline before the closing tag; stopping at it keeps it out of the reply.
+# A reply that runs on into a user turn of its own ends there too.
+STOP_STRINGS = ("\n" + ASSISTANT_END, ASSISTANT_END, "\n" + USER_START, USER_START)
+DEFAULT_MAX_NEW_TOKENS = 256
+QUIT = ("quit", "exit", "/quit", "/exit")
 HELP = """commands:
-  /system <text>  set the system prompt (/system alone removes it)
-  /clear          forget the conversation
-  /help           this list
-  quit, exit      leave (Ctrl-D too); Ctrl-C stops a reply"""
+  /system <text>       set the system prompt (/system alone removes it)
+  /clear, clear        forget the conversation
+  /help                this list
+  /quit, quit, /exit, exit
+                       leave (Ctrl-D too); Ctrl-C stops a reply"""
 LINE_BREAKS = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
@@ -111,7 +121,8 @@ class Chat:
             pass  # the cache notices an interrupted forward by itself (TokenCache.reusable)
         reply = "".join(pieces)
         if reply.strip():  # the template has no empty turns
-            self.history.append({"role": "assistant", "content": reply})
+            # kept stripped, as the original chat.py kept it: later prompts are that one's, id for id
+            self.history.append({"role": "assistant", "content": reply.strip()})
         return reply
 
 
@@ -143,10 +154,12 @@ def repl(chat, read=input, write=write_stdout, banner=""):
         except KeyboardInterrupt:
             write("\n(quit, exit or Ctrl-D leaves)\n")
             continue
-        if line in ("quit", "exit"):
+        if line.lower() in QUIT:
             return
         if not line:
             continue
+        if line.lower() == "clear":  # the original chat.py's bare command
+            line = "/clear"
         message = command(chat, line)
         if message is not None:
             write(message + "\n")
@@ -177,9 +190,18 @@ def answer_lines(chat, lines, write=write_stdout, warn=None):
         write("\n")
 
 
+def reply_budget(max_new_tokens, block_size):
+    """max_new_tokens as given, or (None) the default that still leaves the prompt half the context."""
+    return max_new_tokens if max_new_tokens is not None else min(DEFAULT_MAX_NEW_TOKENS, block_size // 2)
+
+
 def main(argv=None):
     cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
-    check_options(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+    apply_preset(cfg, argv)
+    check_options(cfg.max_new_tokens or 0, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
+                  cfg.repetition_window)
+    if cfg.prompt and not cfg.prompt.strip():
+        raise UserError("--prompt is only whitespace; give a message, or leave --prompt out to chat interactively")
     if cfg.web:
         import chat_web_bio
         chat_web_bio.check_web_settings(cfg)  # before the model loads
@@ -187,16 +209,16 @@ def main(argv=None):
     dtype = pick_dtype(cfg.dtype, device)
     path = cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt")
     model = load_for_sampling(path, device)
-    chat = Chat(model, system=cfg.system, max_new_tokens=cfg.max_new_tokens,
+    chat = Chat(model, system=cfg.system, max_new_tokens=reply_budget(cfg.max_new_tokens, model.config.block_size),
                 seed=cfg.seed if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype),
                 temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                repetition_penalty=cfg.repetition_penalty)
+                repetition_penalty=cfg.repetition_penalty, repetition_window=cfg.repetition_window)
     if cfg.web:
         return chat_web_bio.serve(chat, name=path, host=cfg.host, port=cfg.port)
     prepare_stdout()
     try:
         if cfg.prompt:
-            chat.respond(cfg.prompt, write_stdout)
+            chat.respond(cfg.prompt.strip(), write_stdout)  # stripped, as the original chat.py did
             write_stdout("\n")
         elif not sys.stdin.isatty():
             if hasattr(sys.stdin, "reconfigure"):

@@ -182,17 +182,18 @@ class TextEncoder:
 
 
 class ChatEncoder:
-    """Conversation rows: the chat template and its loss mask; malformed rows become skip reasons."""
+    """Conversation rows: the chat template and its loss mask; malformed rows become skip reasons.
+    max_tokens and loss_on as in tokenizer_bio.render_conversation."""
 
-    def __init__(self, messages_field="messages"):
-        self.messages_field = messages_field
+    def __init__(self, messages_field="messages", max_tokens=1024, loss_on="assistant"):
+        self.messages_field, self.max_tokens, self.loss_on = messages_field, max_tokens, loss_on
 
     def __call__(self, rows):
         results = []
         for row in rows:
             _require_field(row, self.messages_field, "messages_field")
             try:
-                ids, mask = render_conversation(row[self.messages_field])
+                ids, mask = render_conversation(row[self.messages_field], self.max_tokens, self.loss_on)
             except InvalidConversation as e:
                 results.append(e.reason)
                 continue
@@ -400,13 +401,15 @@ def new_stats():
 
 def prepare(rows, encode_rows, out_dir, *, source, recipe, with_mask=False, val_fraction=0.0005,
             num_workers=1, batch_size=256, max_rows=None, resume=False, overwrite=False,
-            flush_bytes=FLUSH_BYTES):
+            flush_bytes=FLUSH_BYTES, min_val_tokens=0):
     """Stream rows through encode_rows into out_dir/{train,val}.bin (+ masks); return meta.
 
     rows: iterable of source rows (read lazily). encode_rows: a picklable callable, list of
     rows -> per row (tokens, mask) or a skip reason (see TextEncoder, ChatEncoder), run in
     num_workers processes. source: one line for meta.json. recipe: a dict of everything that
     decides the tokens; --resume refuses to continue a run made with another recipe.
+    min_val_tokens: with val_fraction > 0, val gets at least one document and this many tokens
+    (see top_up_val), so that a small corpus still has a usable validation split.
     """
     if not 0.0 <= val_fraction < 1.0:
         raise UserError(f"val_fraction={val_fraction} should be in [0, 1)")
@@ -421,6 +424,8 @@ def prepare(rows, encode_rows, out_dir, *, source, recipe, with_mask=False, val_
     except OSError as e:
         raise write_error(out_dir, e, "run again") from None
     recipe = {**recipe, "source": source, "val_fraction": val_fraction, "with_mask": with_mask}
+    if min_val_tokens:  # only when set, so that older progress records still resume
+        recipe["min_val_tokens"] = min_val_tokens
     progress = check_output_dir(out_dir, resume, overwrite)
     if progress is not None and progress["recipe"] != recipe:
         old = progress["recipe"]
@@ -479,12 +484,78 @@ def prepare(rows, encode_rows, out_dir, *, source, recipe, with_mask=False, val_
     finally:
         writer.close()
     stats["skipped"] = dict(skipped)
+    if val_fraction > 0 and stats["docs"]["train"] > 1:
+        top_up_val(out_dir, with_mask, stats, min_val_tokens,
+                   lambda sizes: write_json_atomically(progress_path,
+                                                       {"recipe": recipe, "stats": stats, "bytes": sizes}))
     if sum(stats["docs"].values()) == 0:  # nothing to keep: leave the folder as it was
         for name in [partial_name(n) for n in output_names(with_mask)] + [PROGRESS_NAME]:
             os.remove(os.path.join(out_dir, name))
         reasons = ", ".join(f"{n} {r}" for r, n in skipped.items()) or "no rows at all"
         raise UserError(f"{source} gave no usable text ({stats['rows_read']} rows read: {reasons})")
     return finish(out_dir, with_mask, stats, source, recipe, val_fraction)
+
+
+def last_documents(path, want_docs, want_tokens, most_docs):
+    """Start offsets (in tokens) of the last documents of a token file, newest first: as many as
+    it takes to reach want_docs and want_tokens, but at most most_docs. Reads backwards in
+    chunks, so a large file is not read whole."""
+    data = np.memmap(path, dtype=np.uint16, mode="r")
+    n, starts = len(data), []
+    chunk, stop = 1 << 16, n - 1  # the last token is the last document's own EOT
+    while stop > 0:
+        lo = max(0, stop - chunk)
+        for end in np.flatnonzero(data[lo:stop] == EOT)[::-1] + lo:  # each EOT ends the document before
+            starts.append(int(end) + 1)
+            if len(starts) >= most_docs or (len(starts) >= want_docs and n - starts[-1] >= want_tokens):
+                return starts
+        stop, chunk = lo, chunk * 2
+    return starts
+
+
+def top_up_val(out_dir, with_mask, stats, min_val_tokens, save_progress):
+    """A hash split of a small corpus can leave val empty (0.05% of a few hundred documents),
+    and training then stops. Move the last documents of train to val until val holds at least
+    one document and min_val_tokens tokens, never more than half of train's documents, and
+    say so. Runs on the partial files: val is appended to and the progress record updated
+    before train is cut, so an interruption here still resumes to the same result."""
+    need_docs = 1 if stats["docs"]["val"] == 0 else 0
+    need_tokens = max(0, min_val_tokens - stats["tokens"]["val"])
+    if "moved_to_val" in stats or not (need_docs or need_tokens):  # done already (a resumed run)
+        return
+    train_path = os.path.join(out_dir, partial_name("train.bin"))
+    starts = last_documents(train_path, need_docs, need_tokens, stats["docs"]["train"] // 2)
+    if not starts:
+        return
+    cut = starts[-1]
+    names = [("train.bin", "val.bin", 2)] + ([("train_mask.bin", "val_mask.bin", 1)] if with_mask else [])
+    for src, dst, width in names:
+        with open(os.path.join(out_dir, partial_name(src)), "rb") as f:
+            f.seek(cut * width)
+            moved = f.read()
+        with open(os.path.join(out_dir, partial_name(dst)), "ab") as f:
+            f.write(moved)
+            f.flush()
+            os.fsync(f.fileno())
+    tokens = os.path.getsize(train_path) // 2 - cut
+    stats["moved_to_val"] = len(starts)
+    stats["docs"]["train"] -= len(starts)
+    stats["docs"]["val"] += len(starts)
+    stats["tokens"]["train"] -= tokens
+    stats["tokens"]["val"] += tokens
+    if with_mask:
+        learned = int(np.fromfile(os.path.join(out_dir, partial_name("train_mask.bin")), dtype=np.uint8,
+                                  offset=cut).sum())
+        stats["masked_tokens"]["train"] -= learned
+        stats["masked_tokens"]["val"] += learned
+    save_progress({dst: os.path.getsize(os.path.join(out_dir, partial_name(dst))) for _, dst, _ in names}
+                  | {src: cut * width for src, _, width in names})
+    for src, _, width in names:
+        with open(os.path.join(out_dir, partial_name(src)), "r+b") as f:
+            f.truncate(cut * width)
+    print(f"val split: the hash split gave val {stats['docs']['val'] - len(starts):,} documents; moved the last "
+          f"{len(starts):,} documents of train ({tokens:,} tokens) to val (at least 1 document and "
+          f"min_val_tokens={min_val_tokens:,})", flush=True)
 
 
 def finish(out_dir, with_mask, stats, source, recipe, val_fraction):
@@ -497,7 +568,9 @@ def finish(out_dir, with_mask, stats, source, recipe, val_fraction):
         "train_docs": stats["docs"]["train"], "val_docs": stats["docs"]["val"],
         "rows_read": stats["rows_read"], "skipped": stats["skipped"],
         "source": source, "recipe": recipe, "val_fraction": val_fraction,
-        "split_rule": "val when blake2b-64 of the document's uint16 tokens < val_fraction * 2**64",
+        "split_rule": "val when blake2b-64 of the document's uint16 tokens < val_fraction * 2**64; "
+                      "moved_to_val: that many last documents of train moved to val (too small a val)",
+        "moved_to_val": stats.get("moved_to_val", 0),
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if with_mask:
@@ -541,6 +614,8 @@ def common_settings(unit):
                                              "than tiktoken's threads (1: encode in this process)"),
         "batch_size": (256, f"{unit} per encode batch"),
         "flush_mb": (4.0, "MB of tokens buffered before they are appended to disk and progress is saved"),
+        "min_val_tokens": (16384, f"when the hash split leaves val fewer {unit} than 1 or fewer tokens than this, the "
+                                  "last ones of train move to val (at most half of train)"),
         "resume": (False, "continue an interrupted run in out_dir"),
         "overwrite": (False, "replace existing output in out_dir"),
     }
@@ -557,7 +632,8 @@ def prepare_from_settings(cfg, encoder, recipe, *, with_mask, max_rows, text_sam
     source = describe_source(**where, text_sample_by=text_sample_by if cfg.data_files else None)
     prepare(rows, encoder, cfg.out_dir, source=source, recipe=recipe, with_mask=with_mask,
             val_fraction=cfg.val_fraction, num_workers=cfg.num_threads, batch_size=cfg.batch_size,
-            max_rows=max_rows, resume=cfg.resume, overwrite=cfg.overwrite, flush_bytes=int(cfg.flush_mb * 2**20))
+            max_rows=max_rows, resume=cfg.resume, overwrite=cfg.overwrite, flush_bytes=int(cfg.flush_mb * 2**20),
+            min_val_tokens=cfg.min_val_tokens)
 
 
 # ---------------------------------------------------------------------------------------

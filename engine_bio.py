@@ -16,6 +16,7 @@ A TokenCache remembers which ids its KV cache holds, so a later prompt that begi
 BPE tokens, are handled on the text side by stream_text.
 """
 
+import sys
 from contextlib import nullcontext
 
 import torch
@@ -28,7 +29,8 @@ from tokenizer_bio import StreamDecoder
 # ---------------------------------------------------------------------------------------
 # logits -> next token
 
-def check_options(max_new_tokens=0, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0):
+def check_options(max_new_tokens=0, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
+                  repetition_window=0):
     """Raise a UserError naming the first sampling option that makes no sense."""
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise UserError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
@@ -42,20 +44,53 @@ def check_options(max_new_tokens=0, temperature=1.0, top_k=None, top_p=None, rep
     if (not isinstance(repetition_penalty, (int, float)) or isinstance(repetition_penalty, bool)
             or not repetition_penalty > 0):
         raise UserError(f"repetition_penalty must be a number > 0 (1 = off), got {repetition_penalty!r}")
+    if not isinstance(repetition_window, int) or isinstance(repetition_window, bool) or repetition_window < 0:
+        raise UserError(f"repetition_window must be a whole number >= 0 (0 = the whole context), "
+                        f"got {repetition_window!r}")
 
 
-def sampling_settings(temperature, top_k, top_p, repetition_penalty, seed, seed_meaning):
+def sampling_settings(temperature, top_k, top_p, repetition_penalty, seed, seed_meaning, repetition_window=0):
     """The sampling and device settings sample_bio.py and chat_bio.py share, with each one's
     defaults (settings_bio format: name -> (default, meaning))."""
     return {
         "temperature": (temperature, "1.0 = the model's distribution, lower is more conservative, 0 = greedy"),
-        "top_k": (top_k, "sample only among the k most likely tokens (0 = off)"),
-        "top_p": (top_p, "sample only from the smallest set of tokens holding this much probability (1 = off)"),
+        "top_k": (top_k, "sample only among the k most likely tokens (0 or None = off)", None),
+        "top_p": (top_p, "sample only from the smallest set of tokens holding this much probability (1 or None = off)",
+                  None),
         "repetition_penalty": (repetition_penalty, "above 1 makes tokens already in the context less likely (1 = off)"),
+        "repetition_window": (repetition_window, "the penalty looks at the last this many tokens of the context "
+                                                 "(0 = all of it)"),
         "seed": (seed, seed_meaning),
         "device": ("auto", "auto, cpu, cuda, cuda:N or mps"),
         "dtype": ("auto", "auto, float32, bfloat16 or float16 (torch.autocast, also on the CPU)"),
     }
+
+
+# The original WiggleGPT chat.py's sampling: temperature 0.7, top-k 50, no nucleus, repetition
+# penalty 1.15 over the last 100 tokens of the context. (The original divided every seen
+# token's logit by the penalty, which made seen tokens with negative logits more likely; here
+# the penalty always makes them less likely, see apply_repetition_penalty.)
+PRESETS = {"original": dict(temperature=0.7, top_k=50, top_p=1.0, repetition_penalty=1.15, repetition_window=100)}
+
+
+def apply_preset(cfg, argv=None):
+    """Set cfg.preset's sampling values, except those given explicitly as --key=value in argv
+    (sys.argv[1:] when None): defaults < preset < command line."""
+    if not cfg.preset:
+        return cfg
+    if cfg.preset not in PRESETS:
+        raise UserError(f"unknown preset {cfg.preset!r}; use one of {', '.join(PRESETS)} (or leave it empty)")
+    argv = sys.argv[1:] if argv is None else argv
+    given = {arg[2:].partition("=")[0] for arg in argv if arg.startswith("--")}
+    for key, value in PRESETS[cfg.preset].items():
+        if key not in given:
+            setattr(cfg, key, value)
+    return cfg
+
+
+def preset_setting():
+    return {"preset": ("", f"sampling preset ({', '.join(PRESETS)}: the original WiggleGPT chat.py's temperature 0.7, "
+                           "top_k 50, repetition_penalty 1.15 over the last 100 tokens); explicit settings win")}
 
 
 def apply_repetition_penalty(logits, context_ids, penalty):
@@ -149,7 +184,7 @@ class TokenCache:
 
 def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
              repetition_penalty=1.0, stop_tokens=(), seed=None, vocab_size=None,
-             cache=None, use_cache=True, autocast=None):
+             cache=None, use_cache=True, autocast=None, repetition_window=0):
     """Yield up to max_new_tokens new token ids (ints) as they are sampled.
 
     prompt_ids: at least one id; only the last block_size are seen. stop_tokens end the
@@ -158,9 +193,10 @@ def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top
     the model's table is padded past it). cache: a TokenCache to reuse across calls (default:
     a fresh one). use_cache=False recomputes the whole context every step (the reference).
     autocast: a context manager entered around each forward (mixed precision).
+    repetition_window: the penalty sees only the last this many tokens (0: the whole context).
     The model should be in eval mode; nothing here changes it.
     """
-    check_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty)
+    check_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, repetition_window)
     context = [int(i) for i in prompt_ids]
     if not context:
         raise ValueError("generate needs at least one prompt token (e.g. <|endoftext|>)")
@@ -183,7 +219,8 @@ def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top
         logits = logits.float()  # bf16 logits under autocast would make the penalty and softmax coarse
         if vocab_size is not None:
             logits = logits[:, :vocab_size]
-        logits = apply_repetition_penalty(logits, context, repetition_penalty)
+        logits = apply_repetition_penalty(logits, context[-repetition_window:] if repetition_window else context,
+                                          repetition_penalty)
         token = int(sample_next(logits, temperature, top_k, top_p, generator)[0])
         if token in stop:
             return

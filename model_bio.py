@@ -362,8 +362,8 @@ class GPT(nn.Module):
         values = [b.mlp.last_sparsity for b in self.transformer.h if b.mlp.last_sparsity is not None]
         return torch.stack(values).mean().item() if values else None
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW with weight decay on matrices and embeddings only.
+    def parameter_groups(self, weight_decay):
+        """Optimizer groups: weight decay on matrices and embeddings only.
 
         No decay on what is 1-D: norm weights, biases, and the neurons' omega, phi and
         baseline (decay would pull every frequency toward 0, i.e. toward a linear neuron).
@@ -372,9 +372,13 @@ class GPT(nn.Module):
         decay = [p for name, p in params.items() if p.dim() >= 2]
         no_decay = [p for name, p in params.items() if p.dim() < 2]
         assert len(decay) + len(no_decay) == len(params), "optimizer groups must cover every parameter once"
-        groups = [{"params": decay, "weight_decay": weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=(device_type == "cuda"))
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        """AdamW over parameter_groups (optim_bio.make_optimizer offers the others)."""
+        return torch.optim.AdamW(self.parameter_groups(weight_decay), lr=learning_rate, betas=betas,
+                                 fused=(device_type == "cuda"))
 
     def estimate_mfu(self, tokens_per_iter, dt, peak_flops, seq_len=None):
         """Model FLOPs utilisation: achieved FLOP/s over peak_flops (e.g. 312e12 for A100 bf16).

@@ -10,17 +10,26 @@ tokens the loss is taken on.
 Each row holds "messages": a list of {"role": system|user|assistant, "content": str}. Malformed
 rows are skipped and counted by reason (printed at the end and kept in meta.json). The
 template is in tokenizer_bio.py; the output format and resume rules in dataprep_bio.py.
+
+The defaults reproduce the published fine-tune's data (the original finetune_native.py): each
+conversation encoded as one string, cut to 1024 tokens, then <|endoftext|>; 5% of the
+conversations in val. It trained on every token (--loss_on=all); the default here learns only
+the assistant replies and their closing tags.
 """
 
 import dataprep_bio
-from settings_bio import load_settings, run_main
+from settings_bio import UserError, load_settings, run_main
 
 SETTINGS = {
     **dataprep_bio.source_settings("HuggingFaceTB/smoltalk2", "SFT", "smoltalk_smollm3_smol_magpie_ultra_no_think",
                                    ".jsonl/.json/.parquet"),
     "messages_field": ("messages", "row field holding the list of {role, content} messages"),
     "out_dir": ("data/smoltalk", "folder for the .bin files and meta.json"),
-    "val_fraction": (0.01, "share of conversations that go to val (chosen by a hash of each one)"),
+    "val_fraction": (0.05, "share of conversations that go to val (chosen by a hash of each one); "
+                           "0.05 as the published fine-tune"),
+    "max_tokens": (1024, "cut each conversation to this many tokens before its <|endoftext|> (0: no cut)"),
+    "loss_on": ("assistant", "which tokens the loss is taken on: 'assistant' (replies and their closing "
+                             "tags) or 'all' (every token, as the published fine-tune)"),
     "max_examples": (None, "stop after this many source rows (default: all)"),
     **dataprep_bio.common_settings("conversations"),
 }
@@ -28,8 +37,14 @@ SETTINGS = {
 
 def main(argv=None):
     cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
-    dataprep_bio.prepare_from_settings(cfg, dataprep_bio.ChatEncoder(cfg.messages_field),
-                                       {"kind": "chat", "messages_field": cfg.messages_field}, with_mask=True,
+    if cfg.loss_on not in ("assistant", "all"):
+        raise UserError(f"loss_on={cfg.loss_on!r} should be 'assistant' or 'all'")
+    if cfg.max_tokens < 0:
+        raise UserError(f"max_tokens={cfg.max_tokens} should be 0 (no cut) or positive")
+    encoder = dataprep_bio.ChatEncoder(cfg.messages_field, cfg.max_tokens, cfg.loss_on)
+    recipe = {"kind": "chat", "messages_field": cfg.messages_field, "template": "whole-string",
+              "max_tokens": cfg.max_tokens, "loss_on": cfg.loss_on}
+    dataprep_bio.prepare_from_settings(cfg, encoder, recipe, with_mask=True,
                                        max_rows=cfg.max_examples)
 
 

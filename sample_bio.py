@@ -102,7 +102,8 @@ def prepare_stdout():
 
 def main(argv=None):
     cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
-    check_options(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty)
+    check_options(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
+                  cfg.repetition_window)
     if cfg.num_samples < 1:
         raise UserError(f"num_samples must be at least 1, got {cfg.num_samples}")
     text = read_prompt(cfg.start)
@@ -120,6 +121,7 @@ def main(argv=None):
             stream_sample(model, ids, write_stdout, echo_prompt=bool(text),
                           max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
                           top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
+                          repetition_window=cfg.repetition_window,
                           seed=cfg.seed + i if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype))
         write_stdout("\n")
     except BrokenPipeError:  # the reader left (e.g. `| head`): stop quietly

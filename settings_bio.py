@@ -2,7 +2,7 @@
 Settings for every script: defaults, then a config file, then --key=value overrides.
 
 Each script declares its settings as {name: (default, "one-line meaning")}, optionally followed
-by literal strings the setting also takes (("auto",) for batch_size='auto'). Config files
+by literal values the setting also takes ('auto' for batch_size, None = off for top_k). Config files
 stay plain Python assignments (users edit them per GPU) but are read into a dict and checked
 like command-line overrides, so a typo is an error that names the key and the closest valid
 ones, never a silently new global. Also here: the one-line error every script prints for bad
@@ -60,8 +60,8 @@ def _closest(key, known):
 
 def _check_type(key, value, default, where, also=()):
     """Return value converted to the default's type, or raise a UserError naming the key.
-    also: extra literal values the setting takes besides its type (e.g. batch_size 'auto')."""
-    if value in also and isinstance(value, str):
+    also: literal values the setting takes besides its type (batch_size 'auto', top_k None)."""
+    if any(value is a or (isinstance(a, str) and value == a) for a in also):
         return value
     if default is None:  # no type to hold it to (e.g. an optional path)
         return value
@@ -125,18 +125,27 @@ def default_values(settings):
     return {key: entry[0] for key, entry in settings.items()}
 
 
-def apply_settings(settings, values, given, where):
+def _unknown(key, settings, where, hints):
+    """The error for a setting name that is not in settings; hints maps known foreign names
+    (e.g. the original WiggleGPT's) to what to use instead."""
+    if hints and key in hints:
+        return UserError(f"setting {key!r} {where} is not used here: {hints[key]}")
+    return UserError(f"unknown setting {key!r} {where}{_closest(key, list(settings))}")
+
+
+def apply_settings(settings, values, given, where, hints=None):
     """Check each of given {key: value} against settings (known name, default's type) and write
     it into values; where says where the values came from, for the error message."""
     for key, value in given.items():
         if key not in settings:
-            raise UserError(f"unknown setting {key!r} {where}{_closest(key, list(settings))}")
+            raise _unknown(key, settings, where, hints)
         values[key] = _check_type(key, value, settings[key][0], where, settings[key][2:])
     return values
 
 
-def load_settings(settings, argv=None, description="", allow_config_file=True):
+def load_settings(settings, argv=None, description="", allow_config_file=True, hints=None):
     """Defaults, then an optional config file (a positional path), then --key=value overrides.
+    hints: {foreign setting name: what to use instead}, for a clearer error than "unknown".
 
     Returns a SimpleNamespace; vars() of it is the plain dict that goes into checkpoints.
     """
@@ -149,10 +158,12 @@ def load_settings(settings, argv=None, description="", allow_config_file=True):
         if not arg.startswith("--"):
             if not allow_config_file:
                 raise UserError(f"unexpected argument {arg!r}; settings are given as --key=value")
-            apply_settings(settings, values, read_config_file(arg), f"in {arg}")
+            apply_settings(settings, values, read_config_file(arg), f"in {arg}", hints)
             continue
         key, eq, text = arg[2:].partition("=")
         if key not in values:
+            if hints and key in hints:
+                raise _unknown(key, settings, "on the command line", hints)
             raise UserError(f"unknown setting --{key}{_closest(key, list(settings))}")
         default = settings[key][0]
         if not eq:

@@ -5,11 +5,11 @@ The tokenizer is GPT-2 BPE (same ids as tiktoken.get_encoding("gpt2")), built fr
 vendored data/gpt2.tiktoken so that nothing is downloaded. The chat template is the one of
 the published fine-tuned checkpoint, written as plain text tokens (not special tokens):
 
-    <|system|>\n{text}\n<|/system|>\n<|user|>\n{text}\n<|/user|>\n<|assistant|>\n{text}\n<|/assistant|>\n<|endoftext|>
+    <|system|>\n{text}\n<|/system|>\n<|user|>\n{text}\n<|/user|>\n<|assistant|>\n{text}\n<|/assistant|><|endoftext|>
 
-Only <|endoftext|> (id 50256) is a special token. The training mask is 1 exactly on what the
-model must learn to write: the assistant's text plus its closing tag "\n<|/assistant|>", so
-the model learns when to stop.
+(the whole conversation encoded as one string; see render_conversation). Only <|endoftext|>
+(id 50256) is a special token. The training mask is 1 exactly on what the model must learn to
+write: the assistant's text plus its closing tag "\n<|/assistant|>", so it learns when to stop.
 """
 
 import base64
@@ -70,8 +70,9 @@ class InvalidConversation(ValueError):
         self.reason = reason
 
 
-def _checked_messages(messages, need_assistant):
-    """Validate messages and return them as (role, content) pairs, empty system prompts dropped."""
+def _checked_messages(messages, need_assistant, keep_empty_system=False):
+    """Validate messages and return them as (role, content) pairs; empty system prompts are
+    dropped unless keep_empty_system (the published fine-tune saw them as an empty turn)."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise InvalidConversation("no messages")
     turns = []
@@ -84,6 +85,8 @@ def _checked_messages(messages, need_assistant):
             raise InvalidConversation("non-string content", f"message {i} content is {type(content).__name__}")
         if not content.strip():
             if role == "system":  # many datasets carry an empty system prompt: it says nothing
+                if keep_empty_system:
+                    turns.append((role, content))
                 continue
             raise InvalidConversation("empty content", f"message {i} ({role}) is empty")
         turns.append((role, content))
@@ -92,40 +95,76 @@ def _checked_messages(messages, need_assistant):
     return turns
 
 
-def _encode_turn(role, content):
-    """One turn as (ids, mask), encoded segment by segment so the mask edges fall on tokens."""
-    header, content_ids, closing, newline = (
-        encode(f"<|{role}|>\n"), encode(content), encode(f"\n<|/{role}|>"), encode("\n"))
-    learn = 1 if role == "assistant" else 0
-    ids = header + content_ids + closing + newline
-    mask = [0] * len(header) + [learn] * (len(content_ids) + len(closing)) + [0] * len(newline)
-    return ids, mask
+def _turn_text(role, content):
+    return f"<|{role}|>\n{content}\n<|/{role}|>\n"
 
 
-def render_conversation(messages):
-    """Messages [{"role", "content"}] to (ids, mask) for training, ending with EOT.
+def _token_byte_ends(ids):
+    """Cumulative UTF-8 byte length after each token (a token may hold part of a character)."""
+    enc, ends, total = get_tokenizer(), [], 0
+    for token in ids:
+        total += len(enc.decode_single_token_bytes(token))
+        ends.append(total)
+    return ends
 
-    mask is 1 on the assistant replies and their closing tags, 0 elsewhere. Raises
-    InvalidConversation (a ValueError) with .reason in: 'no messages', 'unknown role',
+
+def render_conversation(messages, max_tokens=1024, loss_on="assistant"):
+    """Messages [{"role", "content"}] to (ids, mask) for training, exactly as the published
+    fine-tune was trained (the original finetune_native.py):
+
+        the turns as one string, each "<|role|>\n{content}\n<|/role|>\n" (an empty system
+        prompt kept as an empty turn), .strip()-ed, encoded AS A WHOLE with encode_ordinary,
+        cut to max_tokens (None or 0: no cut), then EOT.
+
+    Encoding the whole string matters: BPE merges across the tag edges where content starts
+    with whitespace ("<|assistant|>\n" + "\n\nHi" gives the token "\n\n", not "\n", "\n").
+
+    mask (loss_on="assistant") is 1 on the tokens that hold any byte of an assistant's reply
+    or of its closing "\n<|/assistant|>", 0 elsewhere and on EOT. It is computed from byte
+    offsets of the whole-string tokens. A token straddling the start of a reply (the header's
+    newline merged with the reply's leading whitespace) is learned: otherwise that leading
+    whitespace would be the target of no learned token. The end never straddles: the closing
+    tag ends in ">" and what follows is "\n" or EOT. loss_on="all": every token is learned,
+    EOT included, as in the published run.
+
+    Raises InvalidConversation (a ValueError) with .reason in: 'no messages', 'unknown role',
     'non-string content', 'empty content', 'no assistant turn'.
     """
-    ids, mask = [], []
-    for role, content in _checked_messages(messages, need_assistant=True):
-        turn_ids, turn_mask = _encode_turn(role, content)
-        ids += turn_ids
-        mask += turn_mask
+    if loss_on not in ("assistant", "all"):
+        raise ValueError(f"loss_on={loss_on!r}; use 'assistant' or 'all'")
+    turns = _checked_messages(messages, need_assistant=True, keep_empty_system=True)
+    text = "".join(_turn_text(role, content) for role, content in turns).strip()
+    ids = encode(text)
+    if max_tokens:
+        ids = ids[:max_tokens]
+    if loss_on == "all":
+        return ids + [EOT], [1] * (len(ids) + 1)
+    # the learned byte spans: each reply and its closing tag (the leading strip removed nothing:
+    # the text starts with "<|", so offsets into the joined turns are offsets into text)
+    spans, at = [], 0
+    for role, content in turns:
+        start = at + len(f"<|{role}|>\n".encode())
+        at += len(_turn_text(role, content).encode())
+        if role == "assistant":
+            spans.append((start, at - 1))  # up to the closing tag, without the newline after it
+    mask, begin, span = [], 0, 0
+    for end in _token_byte_ends(ids):
+        while span < len(spans) and spans[span][1] <= begin:
+            span += 1
+        mask.append(int(span < len(spans) and spans[span][0] < end))
+        begin = end
     return ids + [EOT], mask + [0]
 
 
 def render_prompt(messages):
     """The conversation so far plus the assistant header, for generation (no EOT).
 
-    Generation should stop at the text ASSISTANT_END or at EOT.
+    The same text the original chat.py builds (its history, then "<|user|>\n...\n<|/user|>\n
+    <|assistant|>\n"), encoded as a whole; "<|endoftext|>" typed by a user stays text.
+    Generation should stop at the text ASSISTANT_END, at "<|user|>", or at EOT.
     """
-    ids = []
-    for role, content in _checked_messages(messages, need_assistant=False):
-        ids += _encode_turn(role, content)[0]
-    return ids + encode(f"{ASSISTANT_START}\n")
+    turns = _checked_messages(messages, need_assistant=False)
+    return encode("".join(_turn_text(role, content) for role, content in turns) + f"{ASSISTANT_START}\n")
 
 
 # ---------------------------------------------------------------------------------------

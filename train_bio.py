@@ -32,6 +32,7 @@ import torch
 import checkpoint_bio
 import evaluate_bio
 import gpu_bio
+import optim_bio
 import settings_bio
 from model_bio import GPT, GPTConfig
 from settings_bio import UserError, load_settings, run_main
@@ -80,18 +81,32 @@ SETTINGS = {
     "max_iters": (600000, "optimizer steps to train for"),
     "weight_decay": (0.1, "AdamW weight decay on matrices and embeddings"),
     "betas": ((0.9, 0.95), "AdamW betas (beta1, beta2)"),
+    "beta1": (None, "the original WiggleGPT's name for betas[0]; given, it replaces it"),
+    "beta2": (None, "the original WiggleGPT's name for betas[1]; given, it replaces it"),
+    "optimizer_type": ("adamw", "'adamw' (fused on CUDA), 'adamw8bit' (bitsandbytes, CUDA), 'lion' or 'adafactor' "
+                                "(see optim_bio.py)"),
     "grad_clip": (1.0, "clip the gradient norm to this; 0.0 turns clipping off"),
     # learning-rate schedule
-    "lr_schedule": ("cosine", "'cosine' (warmup + cosine decay), 'wsd' (warmup-stable-decay) or 'constant'"),
+    "lr_schedule": ("cosine", "'cosine' (warmup + cosine decay), 'wsd' (warmup-stable-decay), 'wsd_cosine' (the "
+                              "original's wsd: hold stable_iters, then cosine) or 'constant'"),
+    "decay_lr": (True, "False: the learning rate is learning_rate throughout (no warmup, no decay), as the original"),
     "warmup_iters": (2000, "iterations of linear warmup from 0 to learning_rate"),
     "lr_decay_iters": (600000, "iteration where the decay reaches min_lr (usually = max_iters)"),
     "wsd_decay_frac": (0.1, "wsd only: share of the post-warmup iterations spent decaying"),
+    "stable_iters": (0, "wsd_cosine: iterations held at learning_rate after warmup before the cosine decay; "
+                        "with lr_schedule='wsd', stable_iters > 0 means wsd_cosine (the original's meaning)"),
     "min_lr": (6e-5, "learning rate at the end of the decay (usually learning_rate / 10)"),
     # system
     "device": ("auto", "'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'"),
     "dtype": ("auto", "'auto' (bf16 on GPUs that compute it in hardware, else fp16; fp32 on the CPU), 'float32', "
                        "'bfloat16', 'float16' (mixed precision through torch.autocast, on the CPU too)"),
     "compile": (False, "torch.compile the model (faster on recent GPUs, slow first iterations)"),
+    "compile_mode": ("default", "torch.compile mode: default, reduce-overhead, max-autotune or "
+                                "max-autotune-no-cudagraphs"),
+    "backend": ("auto", "process-group backend under torchrun: auto (nccl on CUDA where built in, else gloo), "
+                        "nccl or gloo"),
+    "profile_memory": (False, "CUDA: record allocations and write out_dir/memory_snapshot.pickle at the end "
+                              "(view it at pytorch.org/memory_viz)"),
     "seed": (1337, "random seed; each process adds its rank"),
     "peak_flops": (0.0, "the device's dense bf16/fp16 peak FLOP/s for MFU; 0: look the GPU up in gpu_bio's table"),
     "max_nan_skips": (5, "stop after this many non-finite losses in a row (each skips its update)"),
@@ -104,7 +119,19 @@ SETTINGS = {
 MODEL_FIELDS = [f.name for f in fields(GPTConfig)]
 # fields a checkpoint fixes: its weights were trained with them
 ARCH_FIELDS = [f for f in MODEL_FIELDS if f not in ("block_size", "dropout", "gradient_checkpointing")]
-SCHEDULES = ("cosine", "wsd", "constant")
+SCHEDULES = ("cosine", "wsd", "wsd_cosine", "constant")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+BACKENDS = ("auto", "nccl", "gloo")
+PREPARE_HINT = ("data is prepared apart: python prepare_smoltalk.py (--dataset, --dataset_config, --split, "
+                "--max_examples, --val_fraction), then train with dataset='smoltalk'")
+# settings of the original WiggleGPT scripts that mean nothing to train_bio.py: what to do instead
+ORIGINAL_ONLY = {
+    "pretrained_ckpt": "fine-tune from a checkpoint with init_from='path/to/ckpt.pt'",
+    "freeze_layers": "freezing layers is not offered; fine-tune them all (gradient_checkpointing=True saves memory)",
+    "bio_compartments": "the dendritic compartments of WiggleGPT v1 are gone (the original removed them too); drop it",
+    **{key: PREPARE_HINT for key in ("dataset_name", "dataset_subset", "dataset_split", "max_samples",
+                                     "chunk_size", "val_split")},
+}
 SPLITS = ("train", "val")
 EXIT_NAN = 3
 
@@ -113,7 +140,8 @@ def as_settings(settings):
     """A dict or namespace of settings (missing ones take their defaults), type-checked like
     the command line; returns a fresh SimpleNamespace so the caller's object is never changed."""
     given = dict(settings) if isinstance(settings, dict) else dict(vars(settings))
-    values = settings_bio.apply_settings(SETTINGS, settings_bio.default_values(SETTINGS), given, "in the settings")
+    values = settings_bio.apply_settings(SETTINGS, settings_bio.default_values(SETTINGS), given, "in the settings",
+                                         hints=ORIGINAL_ONLY)
     return types.SimpleNamespace(**values)
 
 
@@ -128,13 +156,32 @@ def check_settings(s):
                 "hellaswag_interval", "hellaswag_limit", "tokens_per_iter", "peak_flops"):
         if getattr(s, key) < 0:
             raise UserError(f"{key} must not be negative, got {getattr(s, key)}")
+    for i, key in enumerate(("beta1", "beta2")):  # the original's names win over betas
+        value = getattr(s, key)
+        if value is not None:
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0.0 <= value < 1.0):
+                raise UserError(f"{key} must be a number in [0, 1), got {value!r}")
+            s.betas = tuple(getattr(s, key) if j == i else b for j, b in enumerate(s.betas))
+            setattr(s, key, None)
     if not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0.0 <= b < 1.0 for b in s.betas):
         raise UserError(f"betas must be two numbers in [0, 1), got {s.betas!r}")
     s.betas = tuple(float(b) for b in s.betas)
     if s.lr_schedule not in SCHEDULES:
         raise UserError(f"lr_schedule={s.lr_schedule!r}; use one of {', '.join(SCHEDULES)}")
-    if s.lr_schedule != "constant" and s.lr_decay_iters <= s.warmup_iters:
-        raise UserError(f"lr_decay_iters={s.lr_decay_iters} must be larger than warmup_iters={s.warmup_iters}")
+    if not isinstance(s.stable_iters, int) or s.stable_iters < 0:
+        raise UserError(f"stable_iters must be a whole number >= 0, got {s.stable_iters!r}")
+    if s.lr_schedule == "wsd" and s.stable_iters:
+        s.lr_schedule = "wsd_cosine"  # what lr_schedule='wsd' with stable_iters meant in the original
+    held = s.warmup_iters + (s.stable_iters if s.lr_schedule == "wsd_cosine" else 0)
+    if s.decay_lr and s.lr_schedule != "constant" and s.lr_decay_iters <= held:
+        extra = f" + stable_iters={s.stable_iters}" if held != s.warmup_iters else ""
+        raise UserError(f"lr_decay_iters={s.lr_decay_iters} must be larger than warmup_iters={s.warmup_iters}{extra}")
+    if s.optimizer_type not in optim_bio.OPTIMIZERS:
+        raise UserError(f"optimizer_type={s.optimizer_type!r}; use one of {', '.join(optim_bio.OPTIMIZERS)}")
+    if s.compile_mode not in COMPILE_MODES:
+        raise UserError(f"compile_mode={s.compile_mode!r}; use one of {', '.join(COMPILE_MODES)}")
+    if s.backend not in BACKENDS:
+        raise UserError(f"backend={s.backend!r}; use one of {', '.join(BACKENDS)}")
     if s.min_lr > s.learning_rate:
         raise UserError(f"min_lr={s.min_lr} is above learning_rate={s.learning_rate}")
     if not 0.0 < s.wsd_decay_frac <= 1.0:
@@ -191,8 +238,8 @@ class Dist:
         return self.rank == 0
 
 
-def setup_distributed(requested_device):
-    """torchrun sets RANK/WORLD_SIZE: join the process group (nccl on CUDA, else gloo)."""
+def setup_distributed(requested_device, backend="auto"):
+    """torchrun sets RANK/WORLD_SIZE: join the process group (auto: nccl on CUDA, else gloo)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return Dist(), settings_bio.pick_device(requested_device)
     import torch.distributed as dist
@@ -202,7 +249,9 @@ def setup_distributed(requested_device):
         device = f"cuda:{d.local_rank}"  # one GPU per process
         torch.cuda.set_device(device)
     nccl = device.startswith("cuda") and dist.is_nccl_available()  # Windows builds have no nccl
-    dist.init_process_group(backend="nccl" if nccl else "gloo")
+    if backend == "nccl" and not nccl:
+        raise UserError("backend='nccl' needs CUDA and a torch build with NCCL; use backend='gloo' or 'auto'")
+    dist.init_process_group(backend=("nccl" if nccl else "gloo") if backend == "auto" else backend)
     return d, device
 
 
@@ -331,15 +380,22 @@ def learning_rate_at(it, s):
     - wsd: hold learning_rate, then decay linearly to min_lr over the last wsd_decay_frac of
       the post-warmup iterations (warmup-stable-decay, Hu et al. 2024, MiniCPM)
     - constant: hold learning_rate.
-    After lr_decay_iters: min_lr."""
+    - wsd_cosine: hold learning_rate for stable_iters after warmup, then cosine decay to min_lr
+      at lr_decay_iters (the original WiggleGPT's 'wsd')
+    After lr_decay_iters: min_lr. decay_lr=False: learning_rate throughout (the original's switch)."""
+    if not s.decay_lr:
+        return s.learning_rate
     if it < s.warmup_iters:
         return s.learning_rate * (it + 1) / (s.warmup_iters + 1)
     if s.lr_schedule == "constant":
         return s.learning_rate
     if it >= s.lr_decay_iters:
         return s.min_lr
-    if s.lr_schedule == "cosine":
-        progress = (it - s.warmup_iters) / (s.lr_decay_iters - s.warmup_iters)
+    if s.lr_schedule in ("cosine", "wsd_cosine"):
+        hold = s.warmup_iters + (s.stable_iters if s.lr_schedule == "wsd_cosine" else 0)
+        if it < hold:
+            return s.learning_rate
+        progress = (it - hold) / (s.lr_decay_iters - hold)
         return s.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (s.learning_rate - s.min_lr)
     decay_iters = max(1, round(s.wsd_decay_frac * (s.lr_decay_iters - s.warmup_iters)))
     decay_start = s.lr_decay_iters - decay_iters
@@ -506,6 +562,20 @@ def keep_as_best(ckpt, latest, best):
         checkpoint_bio.save_checkpoint(ckpt, best, resume_advice(latest))
 
 
+def start_memory_profile(s, d, device):
+    """profile_memory (the original's debugging switch): record CUDA allocations from here on,
+    on rank 0. Returns whether recording started."""
+    if not s.profile_memory:
+        return False
+    if not device.startswith("cuda"):
+        print0(d, f"note: profile_memory records CUDA allocations only; nothing to record on {device} "
+                  "(the metrics' peak_mem_mb gives the peak memory)")
+        return False
+    if d.master:
+        torch.cuda.memory._record_memory_history(max_entries=100_000)
+    return d.master
+
+
 # ---------------------------------------------------------------------------------------
 # stopping cleanly
 
@@ -588,9 +658,10 @@ def setup_run(s, d, device):
     raw_model, ckpt = build_model(s, device, d)  # before the data: a checkpoint brings its own vocab_size
     fit_to_memory(s, d, device, dtype, autocast, raw_model)
     data = open_data(s, d, device)
-    optimizer = raw_model.configure_optimizers(s.weight_decay, s.learning_rate, s.betas, device_type)
+    optimizer = optim_bio.make_optimizer(raw_model, s.optimizer_type, s.weight_decay, s.learning_rate, s.betas,
+                                         device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # fp16 needs loss scaling, bf16 not
-    model = torch.compile(raw_model) if s.compile else raw_model  # checkpoints save raw_model
+    model = torch.compile(raw_model, mode=s.compile_mode) if s.compile else raw_model  # checkpoints save raw_model
     train_model = model
     if d.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -599,6 +670,10 @@ def setup_run(s, d, device):
               RunState(), s.gradient_accumulation_steps * s.batch_size * s.block_size,
               s.gradient_accumulation_steps // d.world, gpu_bio.resolve_peak_flops(s.peak_flops, device)[0])
     if ckpt is not None:
+        saved = ckpt.get("train_config", {}).get("optimizer_type", "adamw")
+        if saved != s.optimizer_type:  # another optimizer's state cannot be loaded into this one
+            raise UserError(f"{s.out_dir}/ckpt.pt was trained with optimizer_type={saved!r}; resume with "
+                            f"--optimizer_type={saved}, or fine-tune from it with --init_from=<that path>")
         restore(run, ckpt)
     if s.hellaswag_interval and not s.eval_only:  # read now: a bad file fails before any training
         run.hellaswag_rows = evaluate_bio.load_hellaswag(s.hellaswag_file, s.hellaswag_limit)
@@ -820,7 +895,7 @@ def train(settings):
     """
     s = as_settings(settings)
     check_settings(s)
-    d, device = setup_distributed(s.device)
+    d, device = setup_distributed(s.device, s.backend)
     try:
         return _train(s, d, device)
     finally:
@@ -856,6 +931,7 @@ def _train(s, d, device):
             run.wandb = start_wandb(s, state.wandb_run_id)
             state.wandb_run_id = run.wandb.id
 
+    profiling = start_memory_profile(s, d, device)
     reason, nan_streak, last_val, last_good = "max_iters", 0, float("nan"), None
     first_iter = state.iter_num  # a resumed run has scored HellaSwag here already
     with StopSignals() as stop:
@@ -896,6 +972,11 @@ def _train(s, d, device):
                     print0(d, "not saving: the last losses were not finite; the last checkpoint stays")
                 break
 
+    if profiling:
+        path = os.path.join(s.out_dir, "memory_snapshot.pickle")
+        torch.cuda.memory._dump_snapshot(path)
+        torch.cuda.memory._record_memory_history(enabled=None)
+        print0(d, f"memory snapshot: {path} (drag it onto https://pytorch.org/memory_viz)")
     elapsed = time.time() - t_start
     if d.master:
         write_metrics(s.out_dir, {"kind": "end", "iter": state.iter_num, "best_val_loss": state.best_val_loss,
@@ -907,7 +988,7 @@ def _train(s, d, device):
 
 
 def main(argv=None):
-    settings = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0])
+    settings = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], hints=ORIGINAL_ONLY)
     summary = train(settings)
     master = int(os.environ.get("RANK", "0")) == 0
     ckpt = os.path.join(summary["out_dir"], "ckpt.pt")

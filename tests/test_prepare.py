@@ -299,3 +299,27 @@ def test_ensure_demo_data_builds_shakespeare_once(tmp_path, capsys):
     assert capsys.readouterr().out == "" and os.path.getmtime(data_dir / "train.bin") == built
     dataprep_bio.prepare_shakespeare(str(tmp_path / "again"))
     assert read_bins(data_dir) == read_bins(tmp_path / "again")  # deterministic
+
+
+def test_a_small_corpus_always_gets_a_usable_val_split(tmp_path):
+    # a few hundred documents: the default 0.05% hash split puts none of them in val
+    docs = [f"Small corpus document {i}. " + PHRASES[i % 3] * (i % 5 + 3) for i in range(300)]
+    corpus = write_jsonl(tmp_path / "small.jsonl", [{"text": d} for d in docs])
+    result = run_script("prepare_openwebtext_streaming.py", f"--data_files={corpus}", "--out_dir=small",
+                        "--min_val_tokens=1500", "--num_threads=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "moved the last" in result.stdout and "val.bin is empty" not in result.stderr
+    out = tmp_path / "small"
+    meta = json.loads((out / "meta.json").read_text())
+    train, val = read_docs(out / "train.bin"), read_docs(out / "val.bin")
+    assert meta["val_docs"] == len(val) == meta["moved_to_val"] > 1 and meta["val_tokens"] >= 1500
+    assert meta["val_tokens"] * 2 == os.path.getsize(out / "val.bin")
+    assert meta["train_tokens"] * 2 == os.path.getsize(out / "train.bin")
+    assert [decode(d) for d in train + val] == docs  # the last documents of train moved, nothing lost
+    assert not os.path.exists(out / dataprep_bio.PROGRESS_NAME)
+    import train_bio  # and training runs on it (it stops when val is too small for a batch)
+    summary = train_bio.train(dict(data_root=str(tmp_path), dataset="small", out_dir=str(tmp_path / "run"),
+                                   n_layer=1, n_head=2, n_embd=16, block_size=32, batch_size=4,
+                                   gradient_accumulation_steps=1, max_iters=2, eval_interval=2, eval_iters=1,
+                                   warmup_iters=0, lr_decay_iters=2, device="cpu", compile=False))
+    assert summary["reason"] == "max_iters" and np.isfinite(summary["last_val_loss"])

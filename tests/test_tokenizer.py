@@ -69,7 +69,7 @@ def test_template_text_is_exact():
         "<|user|>\nName a prime.\n<|/user|>\n"
         "<|assistant|>\nSeven.\n<|/assistant|>\n"
         "<|user|>\nAnother, with <|endoftext|> in it?\n<|/user|>\n"
-        "<|assistant|>\nEleven — <|endoftext|> stays text. 😀\n<|/assistant|>\n"
+        "<|assistant|>\nEleven — <|endoftext|> stays text. 😀\n<|/assistant|>"
         "<|endoftext|>")
     assert ids[-1] == tk.EOT and ids.count(tk.EOT) == 1  # the literal text never became the special id
     assert len(mask) == len(ids) and set(mask) == {0, 1}
@@ -82,7 +82,7 @@ def test_mask_covers_exactly_replies_and_closing_tags():
     assert [tk.decode(ids[a:b]) for a, b in runs] == [r + "\n" + tk.ASSISTANT_END for r in replies]
     for a, b in runs:
         assert tk.decode(ids[:a]).endswith(tk.ASSISTANT_START + "\n")  # the header is not learned
-        assert tk.decode(ids[b:b + 1]) == "\n"  # nor the newline after the closing tag
+        assert tk.decode(ids[b:b + 1]) in ("\n", tk.EOT_TEXT)  # nor what follows the closing tag
     assert mask[-1] == 0
 
 
@@ -94,9 +94,11 @@ def test_prompt_is_the_prefix_training_saw():
     assert mask[len(prompt)] == 1 and mask[len(prompt) - 1] == 0
 
 
-def test_empty_system_prompt_is_dropped():
+def test_empty_system_prompt_is_kept_for_training_and_dropped_in_prompts():
     with_empty = [{"role": "system", "content": ""}] + CONVERSATION[1:3]
-    assert tk.render_conversation(with_empty) == tk.render_conversation(CONVERSATION[1:3])
+    ids, _ = tk.render_conversation(with_empty)
+    assert tk.decode(ids).startswith("<|system|>\n\n<|/system|>\n<|user|>\n")  # as the published fine-tune saw it
+    assert tk.render_prompt(with_empty[:2]) == tk.render_prompt(CONVERSATION[1:2])
 
 
 @pytest.mark.parametrize("messages, reason", [

@@ -437,7 +437,7 @@ def test_wandb_offline_run_continues_on_resume(tmp_path):
 
 def test_learning_rate_schedules():
     s = types.SimpleNamespace(learning_rate=1.0, min_lr=0.1, warmup_iters=10, lr_decay_iters=110, wsd_decay_frac=0.2,
-                              lr_schedule="cosine")
+                              lr_schedule="cosine", decay_lr=True, stable_iters=0)
     lr = lambda it: train_bio.learning_rate_at(it, s)  # noqa: E731
     assert lr(0) == pytest.approx(1 / 11) and lr(9) == pytest.approx(10 / 11)  # linear warmup
     assert lr(10) == pytest.approx(1.0) and lr(60) == pytest.approx(0.55) and lr(110) == lr(500) == 0.1

@@ -1,0 +1,76 @@
+"""
+The optimizers train_bio.py can use, as the original WiggleGPT offered them (optimizer_type):
+
+    adamw      torch AdamW, fused on CUDA (the default, and the published runs' optimizer)
+    adamw8bit  bitsandbytes AdamW8bit: 8-bit optimizer state, ~75% less of it (CUDA only,
+               pip install -r requirements-optional.txt)
+    lion       Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), written
+               here: one state tensor, sign updates. Use a learning rate ~3-10x below AdamW's and
+               a weight decay ~3-10x above, as the paper advises
+    adafactor  torch.optim.Adafactor: factored second moments, little state; betas unused
+
+Every one gets the model's parameter groups (GPT.parameter_groups: weight decay on matrices
+and embeddings, none on norms, biases and the neurons' omega, phi and baseline).
+"""
+
+import torch
+
+from settings_bio import UserError
+
+OPTIMIZERS = ("adamw", "adamw8bit", "lion", "adafactor")
+
+
+class Lion(torch.optim.Optimizer):
+    """Lion: update = sign(beta1 * m + (1 - beta1) * g), then m = beta2 * m + (1 - beta2) * g,
+    with decoupled weight decay p -= lr * weight_decay * p (as AdamW)."""
+
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):
+        if not lr >= 0.0:
+            raise ValueError(f"Lion needs lr >= 0, got {lr}")
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"Lion needs betas in [0, 1), got {betas}")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, weight_decay = group["lr"], group["weight_decay"]
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                m, grad = state["exp_avg"], p.grad
+                if weight_decay:
+                    p.mul_(1.0 - lr * weight_decay)
+                p.add_(torch.lerp(grad, m, beta1).sign_(), alpha=-lr)  # lerp: beta1 * m + (1 - beta1) * g
+                m.lerp_(grad, 1.0 - beta2)  # beta2 * m + (1 - beta2) * g
+        return loss
+
+
+def make_optimizer(model, optimizer_type, weight_decay, learning_rate, betas, device_type):
+    """The optimizer optimizer_type names, over model.parameter_groups(weight_decay)."""
+    if optimizer_type not in OPTIMIZERS:
+        raise UserError(f"optimizer_type={optimizer_type!r}; use one of {', '.join(OPTIMIZERS)}")
+    groups = model.parameter_groups(weight_decay)
+    if optimizer_type == "adamw":
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=(device_type == "cuda"))
+    if optimizer_type == "lion":
+        return Lion(groups, lr=learning_rate, betas=betas)
+    if optimizer_type == "adafactor":
+        return torch.optim.Adafactor(groups, lr=learning_rate)
+    if device_type != "cuda":  # checked first: importing bitsandbytes without CUDA prints warnings
+        raise UserError(f"optimizer_type='adamw8bit' runs on CUDA GPUs only, not on {device_type}; "
+                        "use optimizer_type='adamw' (or 'adafactor' for little optimizer memory)")
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise UserError("optimizer_type='adamw8bit' needs bitsandbytes: pip install -r requirements-optional.txt "
+                        "(or use optimizer_type='adamw')") from None
+    return bitsandbytes.optim.AdamW8bit(groups, lr=learning_rate, betas=betas)

@@ -1,0 +1,158 @@
+"""
+Protects the chat and sampling habits of the original WiggleGPT chat.py: bare quit/exit/clear
+(and their /slash forms), a reply that ends where the model starts a user turn of its own with
+nothing of the tag shown, a default reply length that fits small contexts (a 128-token model
+chats with no settings), the --preset=original sampling (explicit settings win), the
+repetition window, --top_k=None as off, and a whitespace-only --prompt as one clear line.
+"""
+
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+import chat_bio
+import engine_bio
+from checkpoint_bio import checkpoint_dict, save_checkpoint
+from conftest import ROOT, tiny_config
+from model_bio import GPT, KVCache
+from settings_bio import UserError
+from tokenizer_bio import EOT, encode, render_prompt
+
+
+class Scripted(torch.nn.Module):
+    """Writes the given tokens after the prompt, whatever it is fed."""
+
+    def __init__(self, prompt_len, script, block_size=256):
+        super().__init__()
+        self.config = types.SimpleNamespace(block_size=block_size, vocab_size=50304)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.prompt_len, self.script = prompt_len, list(script)
+
+    def new_kv_cache(self):
+        return KVCache(1, self.config.block_size)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        length = idx.shape[1] + (kv_cache.pos if kv_cache is not None else 0)
+        if kv_cache is not None:
+            kv_cache.advance(idx.shape[1])
+        logits = torch.zeros(1, 1, self.config.vocab_size)
+        logits[0, 0, self.script[min(length - self.prompt_len, len(self.script) - 1)]] = 1.0
+        return logits, None
+
+
+def test_reply_ends_where_the_model_starts_a_user_turn():
+    script = encode("Sure, here it is.") + encode("\n<|user|>\nand now I ask myself") + [EOT]
+    prompt_len = len(render_prompt([{"role": "user", "content": "Help?"}]))
+    chat = chat_bio.Chat(Scripted(prompt_len, script), max_new_tokens=40, temperature=0)
+    written = []
+    assert chat.respond("Help?", written.append) == "Sure, here it is."
+    assert "".join(written) == "Sure, here it is." and not any("<" in piece for piece in written)
+    assert chat.history[-1]["content"] == "Sure, here it is."
+
+
+def test_history_keeps_replies_stripped_as_the_original():
+    script = encode("  Hi there \n") + encode("\n<|/assistant|>") + [EOT]
+    prompt_len = len(render_prompt([{"role": "user", "content": "Hi"}]))
+    chat = chat_bio.Chat(Scripted(prompt_len, script), max_new_tokens=20, temperature=0)
+    assert chat.respond("Hi", lambda piece: None) == "  Hi there \n"
+    assert chat.history == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hi there"}]
+    original = ("<|user|>\nHi\n<|/user|>\n<|assistant|>\nHi there\n<|/assistant|>\n"
+                "<|user|>\nNext\n<|/user|>\n<|assistant|>\n")
+    assert render_prompt(chat.history + [{"role": "user", "content": "Next"}]) == encode(original)
+
+
+def test_a_partial_user_tag_is_held_back_until_it_is_known():
+    pieces = list(engine_bio.stream_text(iter(encode("a <|us")), chat_bio.STOP_STRINGS))
+    assert "".join(pieces[:-1]) == "a "  # "<|us" could still have become "<|user|>": not shown...
+    assert pieces[-1] == "<|us"  # ...until the generation ended and it was text after all
+    pieces = list(engine_bio.stream_text(iter(encode("x <|user says <|user|> y")), chat_bio.STOP_STRINGS))
+    assert "".join(pieces) == "x <|user says "
+
+
+def test_bare_and_slash_commands_as_in_the_original():
+    for quit_word in ("quit", "exit", "/quit", "/exit", "QUIT", "Exit"):
+        chat = chat_bio.Chat(Scripted(1, [EOT]), max_new_tokens=4, temperature=0)
+        chat.history = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+        lines = iter(["clear", quit_word, "never read"])
+        out = []
+        chat_bio.repl(chat, read=lambda prompt: next(lines), write=out.append)
+        assert chat.history == [] and "conversation cleared" in "".join(out)
+        assert next(lines) == "never read"
+    for word in ("clear", "/clear", "quit", "/quit", "exit", "/exit"):
+        assert word in chat_bio.HELP
+
+
+def test_default_reply_length_fits_the_context():
+    assert chat_bio.reply_budget(None, 1024) == 256
+    assert chat_bio.reply_budget(None, 128) == 64
+    assert chat_bio.reply_budget(100, 128) == 100
+
+
+def test_preset_original_and_explicit_settings_win():
+    cfg = types.SimpleNamespace(preset="original", temperature=0.8, top_k=5, top_p=0.9, repetition_penalty=1.1,
+                                repetition_window=0)
+    engine_bio.apply_preset(cfg, ["--preset=original", "--top_k=5"])
+    assert (cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, cfg.repetition_window) == \
+        (0.7, 5, 1.0, 1.15, 100)
+    with pytest.raises(UserError, match="unknown preset"):
+        engine_bio.apply_preset(types.SimpleNamespace(preset="gpt4"), [])
+
+
+def test_repetition_window_limits_what_is_penalised(monkeypatch):
+    seen = []
+    real = engine_bio.apply_repetition_penalty
+    monkeypatch.setattr(engine_bio, "apply_repetition_penalty",
+                        lambda logits, ids, penalty: seen.append(list(ids)) or real(logits, ids, penalty))
+    prompt = list(range(1, 21))
+    list(engine_bio.generate(Scripted(20, [7, 8, 9]), prompt, 3, temperature=0, repetition_penalty=1.5,
+                             repetition_window=4))
+    assert seen == [[17, 18, 19, 20], [18, 19, 20, 7], [19, 20, 7, 8]]
+    seen.clear()
+    list(engine_bio.generate(Scripted(20, [7]), prompt, 1, temperature=0, repetition_penalty=1.5))
+    assert seen == [prompt]  # 0: the whole context, as before
+    with pytest.raises(UserError, match="repetition_window"):
+        list(engine_bio.generate(Scripted(20, [7]), prompt, 1, repetition_window=-1))
+
+
+@pytest.fixture(scope="module")
+def small_context_run(tmp_path_factory):
+    """A 128-token model in out-shakespeare-bio, as the Shakespeare demo leaves it."""
+    root = tmp_path_factory.mktemp("chat")
+    torch.manual_seed(0)
+    model = GPT(tiny_config(block_size=128, vocab_size=50304, n_layer=1, n_head=2))
+    os.makedirs(root / "out-shakespeare-bio")
+    save_checkpoint(checkpoint_dict(model), str(root / "out-shakespeare-bio" / "ckpt.pt"))
+    return root
+
+
+def run_chat(args, cwd):
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, os.path.join(ROOT, "chat_bio.py"), "--out_dir=out-shakespeare-bio",
+                           "--device=cpu", *args], cwd=cwd, capture_output=True, text=True, timeout=120,
+                          env=env, input="Hello there\nHow are you?\n")
+
+
+def test_small_context_chats_with_the_original_preset_and_top_k_none(small_context_run):
+    result = run_chat(["--preset=original", "--top_k=None", "--seed=1"], small_context_run)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and result.stdout.count("\n") == 2  # one line per message
+
+
+def test_whitespace_only_prompt_is_one_line(small_context_run):
+    result = run_chat(["--prompt=   "], small_context_run)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "only whitespace" in lines[0], result.stderr
+
+
+def test_none_is_accepted_only_where_the_setting_says_what_it_means():
+    from settings_bio import load_settings
+    import train_bio
+    cfg = load_settings(chat_bio.SETTINGS, ["--top_k=None", "--top_p=None"], allow_config_file=False)
+    assert cfg.top_k is None and cfg.top_p is None
+    engine_bio.check_options(0, cfg.temperature, cfg.top_k, cfg.top_p)
+    with pytest.raises(UserError, match="batch_size"):
+        load_settings(train_bio.SETTINGS, ["--batch_size=None"])
