@@ -142,7 +142,7 @@ def test_info_reports_the_model_and_the_terminal_defaults(model):
     require_module("fastapi", INSTALL)
     from fastapi.testclient import TestClient
     defaults = {key: chat_bio.SETTINGS[key][0] for key in ("temperature", "top_k", "top_p", "repetition_penalty")}
-    chat = chat_bio.Chat(model, system="", max_new_tokens=chat_bio.SETTINGS["max_new_tokens"][0] // 4, **defaults)
+    chat = chat_bio.Chat(model, system="", max_new_tokens=64, **defaults)
     info = TestClient(chat_web_bio.create_app(chat, "out/ckpt.pt")).get("/api/info").json()
     assert info["status"] == "ok" and info["model"] == "out/ckpt.pt" and info["busy"] == 0
     assert info["parameters"] == model.get_num_params() and info["context"] == BLOCK
