@@ -1,8 +1,8 @@
 """Protects hf_bio.py, GPT-2 as the reference model: a random GPT2LMHeadModel (built here from a
 GPT2Config, saved with save_pretrained, nothing downloaded) converts to our GPT with the same
 logits (tanh and exact GELU, full forward and KV-cache decoding); train_bio.py fine-tunes from
-the folder through the real command line and its checkpoint, loaded back, gives the same logits
-as those weights in transformers; sample_bio.py and chat_bio.py generate from the folder; a
+the folder through the real command line (config/finetune_shakespeare_gpt2.py) and its
+checkpoint, loaded back, gives the same logits as those weights in transformers; sample_bio.py and chat_bio.py generate from the folder; a
 missing transformers, an unreachable Hub name and unsupported GPT-2 variants are one clear line;
 the shared init_from resolution; gelu_approximate defaults to 'none' for older checkpoints."""
 
@@ -125,10 +125,10 @@ def script(*argv, env=None, timeout=300):
 def test_fine_tune_from_gpt2_folder_round_trip(gpt2_folder, tmp_path):
     transformers = require_module("transformers", "pip install -r requirements-optional.txt")
     out = tmp_path / "out"
-    r = script("train_bio.py", f"--init_from={gpt2_folder}", "--dataset=shakespeare", f"--out_dir={out}",
+    # the GPT-2 fine-tuning config, on the tiny folder instead of the Hub's gpt2
+    r = script("train_bio.py", "config/finetune_shakespeare_gpt2.py", f"--init_from={gpt2_folder}", f"--out_dir={out}",
                "--device=cpu", "--block_size=32", "--batch_size=2", "--gradient_accumulation_steps=1",
-               "--max_iters=3", "--eval_interval=3", "--eval_iters=1", "--warmup_iters=1", "--lr_decay_iters=3",
-               "--learning_rate=1e-3", "--min_lr=1e-4")
+               "--max_iters=3", "--eval_interval=3", "--eval_iters=1", "--learning_rate=1e-3", "--min_lr=1e-3")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "fine-tuning from" in r.stdout and "GPT-2 weights" in r.stdout
     model, ckpt = checkpoint_bio.load_model(str(out / "ckpt.pt"))
