@@ -456,7 +456,8 @@ def band(curves):
 
 def plot_bands(groups, path):
     """Each config's mean over seeds (line) with the min-max over seeds (band): val loss, and
-    val bpb and HellaSwag acc_norm when the runs recorded them."""
+    val bpb and HellaSwag acc_norm when the runs recorded them; last, the final val loss of
+    every seed, joined across configs."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -464,7 +465,8 @@ def plot_bands(groups, path):
     panels = [("val", "val loss")]
     panels += [(key, label) for key, label in (("val_bpb", "val bits per byte"), ("hellaswag", "HellaSwag acc_norm"))
                if any(r["curves"][key] for _, rows in groups for r in rows)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.5 * len(panels) + 4, 4.5), squeeze=False,
+                             gridspec_kw={"width_ratios": [3] * len(panels) + [2]})
     for ax, (key, label) in zip(axes[0], panels):
         for i, (name, rows) in enumerate(groups):
             b = band([r["curves"][key] for r in rows])
@@ -479,6 +481,20 @@ def plot_bands(groups, path):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_title("mean over seeds; band: min to max over seeds")
+    # the final val losses seed by seed, one line per seed across the configs: the paired view
+    ax = axes[0][-1]
+    finals = [by_seed(name, rows, "final_val_loss") for name, rows in groups]
+    for seed in sorted(set().union(*finals)):
+        xs = [i for i, f in enumerate(finals) if seed in f]
+        ax.plot(xs, [finals[i][seed] for i in xs], color="gray", alpha=0.6, lw=1, marker="o", ms=4)
+    for i, f in enumerate(finals):
+        if f:
+            ax.plot([i - 0.15, i + 0.15], [sum(f.values()) / len(f)] * 2, color=f"C{i % 10}", lw=3)
+    ax.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
+    ax.set_xlim(-0.5, len(groups) - 0.5)
+    ax.set_ylabel("final val loss")
+    ax.set_title("final val loss per seed (bar: mean)")
+    ax.grid(alpha=0.3)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fig.tight_layout()
