@@ -3,6 +3,7 @@ Chat with a fine-tuned WiggleGPT checkpoint in the terminal.
 
     python chat_bio.py --ckpt=ckpt_finetune.pt                  # interactive
     python chat_bio.py --ckpt=ckpt_finetune.pt --prompt="Hi!"    # one answer, then exit
+    python chat_bio.py --init_from=path/to/gpt2-folder          # GPT-2 (save_pretrained) as the reference
     cat questions.txt | python chat_bio.py --ckpt=...           # one reply line per input line
     python chat_bio.py --ckpt=ckpt_finetune.pt --web            # in the browser (chat_web_bio.py)
 
@@ -27,13 +28,14 @@ import sys
 
 from engine_bio import (TokenCache, apply_preset, check_options, generate, preset_setting, sampling_settings,
                         stream_text)
-from sample_bio import load_for_sampling, prepare_stdout, write_stdout
+from sample_bio import INIT_FROM_MEANING, load_for_sampling, model_source, prepare_stdout, write_stdout
 from settings_bio import UserError, autocast_for, load_settings, pick_device, pick_dtype, run_main
 from tokenizer_bio import ASSISTANT_END, EOT, USER_START, VOCAB_SIZE, render_prompt
 
 SETTINGS = {
-    "out_dir": ("out", "folder of the checkpoint to chat with (its ckpt.pt) when --ckpt is not given"),
-    "ckpt": ("", "checkpoint file; overrides out_dir"),
+    "out_dir": ("out", "folder of the checkpoint to chat with (its ckpt.pt) with init_from='resume'"),
+    "init_from": ("resume", INIT_FROM_MEANING),
+    "ckpt": ("", "checkpoint file; the same as --init_from=<file>"),
     "system": ("", "system prompt (empty: none)"),
     "prompt": ("", "answer this one user message and exit"),
     "max_new_tokens": (None, "most tokens in one reply, this much context kept free for it "
@@ -207,8 +209,7 @@ def main(argv=None):
         chat_web_bio.check_web_settings(cfg)  # before the model loads
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    path = cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt")
-    model = load_for_sampling(path, device)
+    model, path = load_for_sampling(model_source(cfg), device, cfg.out_dir)
     chat = Chat(model, system=cfg.system, max_new_tokens=reply_budget(cfg.max_new_tokens, model.config.block_size),
                 seed=cfg.seed if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype),
                 temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,

@@ -4,6 +4,8 @@ Compare training runs side by side: a table of their numbers and a plot of their
     python compare_bio.py out-shakespeare-bio out-shakespeare-gelu        # run folders (or metrics.jsonl files)
     python compare_bio.py --run config/shakespeare_bio.py config/shakespeare_gelu.py --max_iters=100
     python compare_bio.py --run config/shakespeare_bio.py --rope_variants  # real RoPE vs legacy (no positions)
+    python compare_bio.py --run config/shakespeare_bio.py config/shakespeare_gelu.py --seeds=3   # error bars
+    python compare_bio.py out-compare/shakespeare_bio out-compare/shakespeare_gelu             # read them again
 
 Each run is read from the metrics.jsonl that train_bio.py writes (one JSON object per line:
 start, train, eval and end records). With --run the configs are trained first, one
@@ -14,6 +16,16 @@ RoPE (<name>-rope) and with --legacy_rope=True (<name>-legacy_rope), the publish
 checkpoints' RoPE, which in effect encodes no position at all; position encoding is then the
 only difference between the two runs.
 
+--seeds=N trains every run N times, with --seed=seed+k for k = 0..N-1, into
+out_root/<name>/seed<seed+k>; the same seed gives every config the same data order and the
+same random stream. A folder of such seed<S> folders is read back as one multi-seed run. For
+multi-seed runs a second table gives, per config, mean +- sample standard deviation (n-1)
+over the seeds of the final val loss (and of the final val bits per byte and the HellaSwag
+acc_norm when metrics.jsonl has them), and the paired difference to the first config: the
+per-seed differences (this config minus the first, on the seeds both have), their mean and
+its 95% confidence interval, mean +- t(0.975, n-1) * sd / sqrt(n) (Student t). The plot then
+shows each config's mean curve over the seeds with a min-max band.
+
 The table: run, parameters, tokens seen, iterations, final and best val loss, tokens/s
 (median over the train records) and peak memory (max of the eval records' peak_mem_mb).
 A resumed run has several start records. Each start at iteration N begins a new timeline:
@@ -22,6 +34,7 @@ records after N) is dropped, and of what is left the last record of each iterati
 """
 
 import json
+import math
 import os
 import shlex
 import statistics
@@ -34,7 +47,8 @@ SETTINGS = {
     "run": (False, "train the given config files first (one train_bio.py subprocess each), then compare"),
     "out_root": ("out-compare", "--run: each run trains into out_root/<name>; the plot goes here by default"),
     "max_iters": (0, "--run: iterations for every run (0: each config's own max_iters)"),
-    "seed": (1337, "--run: the seed passed to every run"),
+    "seed": (1337, "--run: the seed passed to every run (the first seed with --seeds)"),
+    "seeds": (1, "--run: train every run with this many seeds, seed, seed+1, ... (error bars from 2 on)"),
     "rope_variants": (False, "--run: train each RoPE config twice, with real RoPE and with legacy_rope=True"),
     "train_args": ("", "--run: extra settings for every run, e.g. \"--device=cpu --eval_interval=25\""),
     "plot": ("", "PNG of the loss curves (default: out_root/compare.png; 'none': no plot)"),
@@ -42,7 +56,9 @@ SETTINGS = {
 
 # fields each kind of record must have (other kinds are skipped: newer writers may add some)
 REQUIRED = {"start": ("iter",), "train": ("iter", "loss", "tokens"),
-            "eval": ("iter", "train_loss", "val_loss", "tokens"), "end": ("iter",)}
+            "eval": ("iter", "train_loss", "val_loss", "tokens"), "end": ("iter",),
+            "hellaswag": ("iter", "acc_norm", "tokens")}
+SEED_PREFIX = "seed"  # a multi-seed run's folders: out_root/<name>/seed<S>
 TRAIN_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_bio.py")
 
 
@@ -86,27 +102,30 @@ def read_metrics(path):
     return records
 
 
-def current_timeline(records):
-    """The records that describe the run as it finally went (see the module docstring).
-
-    Returns (start, train, eval, end): the last start record, train and eval records sorted
-    by iteration with one (the last) per iteration, and the final end record or None.
-    """
+def timeline(records):
+    """The records that describe the run as it finally went (see the module docstring): a dict
+    with the last start record, the train, eval and hellaswag records sorted by iteration with
+    one (the last) per iteration, and the final end record or None."""
     start, end = None, None
-    train, evals = {}, {}
+    kept = {"train": {}, "eval": {}, "hellaswag": {}}
     for r in records:
         kind, it = r["kind"], r.get("iter")
         if kind == "start":
             start, end = r, None
-            train = {i: t for i, t in train.items() if i < it}  # logged after the checkpoint we resume from
-            evals = {i: e for i, e in evals.items() if i <= it}
-        elif kind == "train":
-            train[it] = r
-        elif kind == "eval":
-            evals[it] = r
+            kept["train"] = {i: t for i, t in kept["train"].items() if i < it}  # logged after the checkpoint we resume from
+            for measured in ("eval", "hellaswag"):
+                kept[measured] = {i: e for i, e in kept[measured].items() if i <= it}
+        elif kind in kept:
+            kept[kind][it] = r
         elif kind == "end":
             end = r
-    return start, [train[i] for i in sorted(train)], [evals[i] for i in sorted(evals)], end
+    return dict(start=start, end=end, **{kind: [by_iter[i] for i in sorted(by_iter)] for kind, by_iter in kept.items()})
+
+
+def current_timeline(records):
+    """(start, train, eval, end) of timeline(records)."""
+    t = timeline(records)
+    return t["start"], t["train"], t["eval"], t["end"]
 
 
 def finite(values):
@@ -115,7 +134,8 @@ def finite(values):
 
 def summarize(name, records):
     """One row of the table: a dict of the run's numbers (None where the run has none)."""
-    start, train, evals, end = current_timeline(records)
+    t = timeline(records)
+    start, train, evals, end, hellaswag = t["start"], t["train"], t["eval"], t["end"], t["hellaswag"]
     if start is None:
         raise UserError(f"run {name}: metrics.jsonl has no start record")
     val = finite([e["val_loss"] for e in evals])
@@ -128,6 +148,8 @@ def summarize(name, records):
     # steps taken: the end record says; else a train record's iter is the step just done (+1)
     steps = [end["iter"]] if end else [t["iter"] + 1 for t in train[-1:]] + [e["iter"] for e in evals[-1:]]
     last_val = finite([e["val_loss"] for e in evals[-1:]])
+    bpb = [e for e in evals if finite([e.get("val_bpb")])]  # written by newer train_bio.py runs only
+    seed = (start.get("config") or {}).get("seed")
     return dict(
         name=name,
         params=start.get("params"),
@@ -138,10 +160,28 @@ def summarize(name, records):
         tokens_per_sec=statistics.median(speeds) if speeds else None,
         peak_mem_mb=max(memory) if memory else None,
         status=end.get("reason", "ended") if end else "unfinished",
+        seed=seed if isinstance(seed, int) else None,
+        final_val_bpb=bpb[-1]["val_bpb"] if bpb and bpb[-1] is evals[-1] else None,
+        hellaswag_acc_norm=hellaswag[-1]["acc_norm"] if hellaswag else None,
         curves=dict(val=[(e["tokens"], e["val_loss"]) for e in evals],
                     train_eval=[(e["tokens"], e["train_loss"]) for e in evals],
-                    train=[(t["tokens"], t["loss"]) for t in train]),
+                    train=[(t["tokens"], t["loss"]) for t in train],
+                    val_bpb=[(e["tokens"], e["val_bpb"]) for e in bpb],
+                    hellaswag=[(h["tokens"], h["acc_norm"]) for h in hellaswag]),
     )
+
+
+def seed_folders(path):
+    """The seed<S> run folders inside a multi-seed run's folder, sorted by seed ([] if none)."""
+    if not os.path.isdir(path) or os.path.isfile(os.path.join(path, "metrics.jsonl")):
+        return []
+    found = []
+    for entry in os.listdir(path):
+        digits = entry[len(SEED_PREFIX):]
+        if entry.startswith(SEED_PREFIX) and digits.lstrip("-").isdigit() \
+                and os.path.isfile(os.path.join(path, entry, "metrics.jsonl")):
+            found.append((int(digits), os.path.join(path, entry)))
+    return [folder for _, folder in sorted(found)]
 
 
 def run_name(path):
@@ -187,27 +227,94 @@ def planned_runs(configs, rope_variants, train_args):
 
 
 def train_runs(configs, cfg):
-    """Train each planned run in a subprocess; return [(name, out_dir)]."""
+    """Train each planned run in a subprocess, once per seed; return [(name, [out_dir per seed])]."""
     train_args = shlex.split(cfg.train_args)
     for arg in train_args:
         if not arg.startswith("--"):
             raise UserError(f"train_args takes --key=value settings only, got {arg!r}")
         if arg.split("=", 1)[0] in ("--out_dir", "--seed", "--max_iters", "--overwrite"):
             raise UserError(f"{arg.split('=', 1)[0]} is set by compare_bio.py itself; use its own setting")
-    done = []
-    for name, config, extra in planned_runs(configs, cfg.rope_variants, train_args):
-        out_dir = os.path.join(cfg.out_root, name)
-        # a comparison's folders are its own: a second --run replaces the first one's runs
-        cmd = [sys.executable, TRAIN_SCRIPT, config, f"--out_dir={out_dir}", f"--seed={cfg.seed}", "--overwrite=True"]
-        if cfg.max_iters:
-            cmd.append(f"--max_iters={cfg.max_iters}")
-        cmd += extra + train_args
-        print(f"=== {name}: {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
-        code = subprocess.run(cmd).returncode
-        if code != 0:
-            raise UserError(f"training {name} failed (exit code {code}); its output is above")
-        done.append((name, out_dir))
-    return done
+    plan = planned_runs(configs, cfg.rope_variants, train_args)
+    seeds = [cfg.seed + k for k in range(cfg.seeds)]
+    done = {name: [] for name, _, _ in plan}
+    # seed-major: after each round every config has as many seeds, so a stopped comparison stays paired
+    for seed in seeds:
+        for name, config, extra in plan:
+            out_dir = os.path.join(cfg.out_root, name)
+            if cfg.seeds > 1:
+                out_dir = os.path.join(out_dir, f"{SEED_PREFIX}{seed}")
+            # a comparison's folders are its own: a second --run replaces the first one's runs
+            cmd = [sys.executable, TRAIN_SCRIPT, config, f"--out_dir={out_dir}", f"--seed={seed}", "--overwrite=True"]
+            if cfg.max_iters:
+                cmd.append(f"--max_iters={cfg.max_iters}")
+            cmd += extra + train_args
+            print(f"=== {name}" + (f" seed {seed}" if cfg.seeds > 1 else "")
+                  + f": {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
+            code = subprocess.run(cmd).returncode
+            if code != 0:
+                raise UserError(f"training {name} (seed {seed}) failed (exit code {code}); its output is above")
+            done[name].append(out_dir)
+    return list(done.items())
+
+
+# ---------------------------------------------------------------------------------------
+# statistics over seeds: mean, sample standard deviation, paired t confidence intervals
+
+def mean_std(values):
+    """(mean, sample standard deviation with n-1) of values; the std is None for one value."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def t_central_prob(t, df):
+    """P(|T| <= t) for Student's t with df (a whole number >= 1) degrees of freedom.
+
+    The finite sums of Abramowitz & Stegun 26.7.3 (df odd) and 26.7.4 (df even) in
+    theta = atan(t / sqrt(df)): exact, no special functions needed.
+    """
+    theta = math.atan(t / math.sqrt(df))
+    c2, s = math.cos(theta) ** 2, math.sin(theta)
+    if df % 2:  # odd: 2/pi * (theta + sin(theta) cos(theta) * (1 + 2/3 c^2 + 2*4/(3*5) c^4 + ...))
+        term, total = 1.0, 1.0 if df > 1 else 0.0
+        for k in range(1, (df - 1) // 2):
+            term *= c2 * (2 * k) / (2 * k + 1)
+            total += term
+        return 2.0 / math.pi * (theta + s * math.cos(theta) * total)
+    term, total = 1.0, 1.0  # even: sin(theta) * (1 + 1/2 c^2 + 1*3/(2*4) c^4 + ...)
+    for k in range(1, df // 2):
+        term *= c2 * (2 * k - 1) / (2 * k)
+        total += term
+    return s * total
+
+
+def t_quantile(p, df):
+    """The p quantile of Student's t with df degrees of freedom, for 0.5 <= p < 1 (bisection
+    on t_central_prob to 1e-12; e.g. t_quantile(0.975, 2) = 4.303)."""
+    if not 0.5 <= p < 1.0 or df < 1 or int(df) != df:
+        raise ValueError(f"t_quantile needs 0.5 <= p < 1 and a whole df >= 1, got p={p}, df={df}")
+    target, lo, hi = 2.0 * p - 1.0, 0.0, 1.0
+    while t_central_prob(hi, int(df)) < target:
+        hi *= 2.0
+    while hi - lo > 1e-12 * max(1.0, hi):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_central_prob(mid, int(df)) < target else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def paired_difference(base, other, level=0.95):
+    """Per-seed differences other - base over the seeds both have ({seed: value} dicts), their
+    mean and its Student t confidence interval (None below two pairs)."""
+    seeds = sorted(set(base) & set(other))
+    diffs = [other[s] - base[s] for s in seeds]
+    if not diffs:
+        return None
+    mean, sd = mean_std(diffs)
+    if sd is None:
+        return dict(seeds=seeds, diffs=diffs, mean=mean, sd=None, low=None, high=None, df=0)
+    half = t_quantile(0.5 + level / 2.0, len(diffs) - 1) * sd / math.sqrt(len(diffs))
+    return dict(seeds=seeds, diffs=diffs, mean=mean, sd=sd, low=mean - half, high=mean + half, df=len(diffs) - 1)
 
 
 # ---------------------------------------------------------------------------------------
@@ -262,6 +369,139 @@ def plot_curves(rows, path):
     plt.close(fig)
 
 
+# the figures averaged over seeds: (row key, label, format)
+SEED_METRICS = (("final_val_loss", "val loss", ".4f"), ("final_val_bpb", "val bpb", ".4f"),
+                ("hellaswag_acc_norm", "HellaSwag acc_norm", ".4f"))
+
+
+def by_seed(name, rows, key):
+    """{seed: the rows' value of key} for the rows that have one."""
+    values = {}
+    for position, r in enumerate(rows):
+        seed = r["seed"] if r["seed"] is not None else position
+        if seed in values:
+            raise UserError(f"{name} holds two runs with seed {seed}; each seed once per config")
+        if r[key] is not None:
+            values[seed] = r[key]
+    return values
+
+
+def seed_summary(groups):
+    """Per config and figure: mean, sample std, n; and the paired difference of each other
+    config to the first. groups: [(config name, [row per seed])]."""
+    metrics = [m for m in SEED_METRICS if any(r[m[0]] is not None for _, rows in groups for r in rows)]
+    summary = []
+    for index, (name, rows) in enumerate(groups):
+        entry = dict(name=name, seeds=len(rows), stats={}, paired={})
+        for key, _, _ in metrics:
+            values = by_seed(name, rows, key)
+            if values:
+                mean, sd = mean_std(list(values.values()))
+                entry["stats"][key] = dict(mean=mean, sd=sd, n=len(values))
+            if index:
+                pair = paired_difference(by_seed(groups[0][0], groups[0][1], key), values)
+                if pair is not None:
+                    entry["paired"][key] = pair
+        summary.append(entry)
+    return metrics, summary
+
+
+def print_seed_summary(groups):
+    metrics, summary = seed_summary(groups)
+    print()
+    print("over seeds: mean +- sample standard deviation (n-1), n = runs with the figure")
+    header = ["config", "seeds"] + [label for _, label, _ in metrics]
+    cells = []
+    for entry in summary:
+        row = [entry["name"], str(entry["seeds"])]
+        for key, _, spec in metrics:
+            st = entry["stats"].get(key)
+            row.append("-" if st is None else f"{st['mean']:{spec}} +- {fmt(st['sd'], spec)} (n={st['n']})")
+        cells.append(row)
+    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
+    line = "  ".join(["{:<%d}" % widths[0]] + ["{:>%d}" % w for w in widths[1:]])
+    print(line.format(*header))
+    print(line.format(*("-" * w for w in widths)))
+    for c in cells:
+        print(line.format(*c))
+    if len(summary) < 2:
+        return summary
+    base = summary[0]["name"]
+    print()
+    print(f"paired differences to {base} (this config - {base}, seed by seed; 95% CI of the mean "
+          "difference, Student t with n-1 degrees of freedom):")
+    for entry in summary[1:]:
+        for key, label, spec in metrics:
+            pair = entry["paired"].get(key)
+            if pair is None:
+                continue
+            ci = (f"95% CI [{pair['low']:+{spec}}, {pair['high']:+{spec}}], df={pair['df']}"
+                  if pair["low"] is not None else "no CI from one pair")
+            seeds = ", ".join(f"{s}: {d:+{spec}}" for s, d in zip(pair["seeds"], pair["diffs"]))
+            print(f"  {entry['name']} {label}: mean {pair['mean']:+{spec}}, {ci}; per seed {seeds}")
+    return summary
+
+
+def band(curves):
+    """(x, mean, min, max) over seeds at the x values every seed's curve has."""
+    curves = [dict(c) for c in curves if c]
+    if not curves:
+        return None
+    xs = sorted(set.intersection(*(set(c) for c in curves)))
+    if not xs:
+        return None
+    values = [[c[x] for c in curves] for x in xs]
+    return xs, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def plot_bands(groups, path):
+    """Each config's mean over seeds (line) with the min-max over seeds (band): val loss, and
+    val bpb and HellaSwag acc_norm when the runs recorded them; last, the final val loss of
+    every seed, joined across configs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("val", "val loss")]
+    panels += [(key, label) for key, label in (("val_bpb", "val bits per byte"), ("hellaswag", "HellaSwag acc_norm"))
+               if any(r["curves"][key] for _, rows in groups for r in rows)]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.5 * len(panels) + 4, 4.5), squeeze=False,
+                             gridspec_kw={"width_ratios": [3] * len(panels) + [2]})
+    for ax, (key, label) in zip(axes[0], panels):
+        for i, (name, rows) in enumerate(groups):
+            b = band([r["curves"][key] for r in rows])
+            if b is None:
+                continue
+            xs, mean, low, high = b
+            color = f"C{i % 10}"
+            ax.fill_between(xs, low, high, color=color, alpha=0.2, lw=0)
+            ax.plot(xs, mean, color=color, lw=1.8, marker="o", ms=3, label=f"{name} (mean of {len(rows)} seeds)")
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes[0][0].set_title("mean over seeds; band: min to max over seeds")
+    # the final val losses seed by seed, one line per seed across the configs: the paired view
+    ax = axes[0][-1]
+    finals = [by_seed(name, rows, "final_val_loss") for name, rows in groups]
+    for seed in sorted(set().union(*finals)):
+        xs = [i for i, f in enumerate(finals) if seed in f]
+        ax.plot(xs, [finals[i][seed] for i in xs], color="gray", alpha=0.6, lw=1, marker="o", ms=4)
+    for i, f in enumerate(finals):
+        if f:
+            ax.plot([i - 0.15, i + 0.15], [sum(f.values()) / len(f)] * 2, color=f"C{i % 10}", lw=3)
+    ax.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
+    ax.set_xlim(-0.5, len(groups) - 0.5)
+    ax.set_ylabel("final val loss")
+    ax.set_title("final val loss per seed (bar: mean)")
+    ax.grid(alpha=0.3)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     paths = [a for a in argv if not a.startswith("-")]  # run folders, metrics files or (--run) configs
@@ -271,23 +511,33 @@ def main(argv=None):
         raise UserError("give the runs to compare (folders or metrics.jsonl files), or --run and config files")
     if cfg.max_iters < 0:
         raise UserError(f"max_iters must not be negative, got {cfg.max_iters}")
+    if cfg.seeds < 1:
+        raise UserError(f"seeds must be at least 1, got {cfg.seeds}")
     if cfg.run:
-        runs = train_runs(paths, cfg)
+        groups = train_runs(paths, cfg)
     else:
-        if cfg.rope_variants or cfg.max_iters or cfg.train_args:
-            raise UserError("--rope_variants, --max_iters and --train_args only apply with --run")
+        if cfg.rope_variants or cfg.max_iters or cfg.train_args or cfg.seeds != 1:
+            raise UserError("--rope_variants, --max_iters, --train_args and --seeds only apply with --run")
         names = [run_name(p) for p in paths]
         if len(set(names)) < len(names):  # e.g. a/out and b/out: the paths tell them apart
             names = [os.path.normpath(p) for p in paths]
-        runs = list(zip(names, paths))
-    if len(runs) < 2:
+        groups = [(name, seed_folders(p) or [p]) for name, p in zip(names, paths)]
+    multi = any(len(folders) > 1 for _, folders in groups)
+    grouped_rows = [(name, [summarize(f"{name}/{os.path.basename(os.path.normpath(f))}" if len(folders) > 1 else name,
+                                      read_metrics(f)) for f in folders]) for name, folders in groups]
+    rows = [r for _, group_rows in grouped_rows for r in group_rows]
+    if len(rows) < 2:
         raise UserError("a comparison needs two or more runs")
-    rows = [summarize(name, read_metrics(path)) for name, path in runs]
     print()
     print_table(rows)
+    if multi:
+        print_seed_summary(grouped_rows)
     plot = cfg.plot or os.path.join(cfg.out_root, "compare.png")
     if plot.lower() != "none":
-        plot_curves(rows, plot)
+        if multi:
+            plot_bands(grouped_rows, plot)
+        else:
+            plot_curves(rows, plot)
         print(f"wrote {plot}")
     return rows
 

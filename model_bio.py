@@ -42,6 +42,9 @@ class GPTConfig:
     # effect they have no positional encoding. legacy_rope=True reproduces that exactly by not
     # rotating at all; it is set when an original-format checkpoint is loaded.
     legacy_rope: bool = False
+    # GELU of the baseline MLP: 'none' is the exact erf form, 'tanh' the approximation GPT-2
+    # was trained with (its converted weights need it to give GPT-2's logits)
+    gelu_approximate: str = "none"
 
     def __post_init__(self):
         for f in fields(self):
@@ -63,6 +66,8 @@ class GPTConfig:
             raise ValueError(f"RoPE needs an even head size; n_embd/n_head = {self.n_embd // self.n_head}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.gelu_approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -216,7 +221,7 @@ class MLP(nn.Module):
         super().__init__()
         hidden = 4 * config.n_embd
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.activation = OscillatingActivation(hidden) if config.use_bio_mlp else nn.GELU()
+        self.activation = OscillatingActivation(hidden) if config.use_bio_mlp else nn.GELU(approximate=config.gelu_approximate)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
         self.use_sparse_gate, self.bio_threshold = config.use_sparse_gate, config.bio_threshold

@@ -3,8 +3,10 @@ Sample text from a trained WiggleGPT checkpoint, streamed to the terminal as it 
 
     python sample_bio.py --out_dir=out-shakespeare --start="ROMEO:" --num_samples=3
     python sample_bio.py --ckpt=ckpt_pretrain.pt --start=FILE:prompt.txt --temperature=0.7
+    python sample_bio.py --init_from=gpt2 --start="Hello"      # OpenAI's GPT-2 (needs transformers)
 
-Works on this project's checkpoints and on the original WiggleGPT files. The prompt is
+Works on this project's checkpoints, on the original WiggleGPT files and, through
+transformers, on GPT-2 (--init_from=gpt2 ... gpt2-xl, or a save_pretrained folder). The prompt is
 echoed, then each new token is printed the moment it is made; bytes of a character split
 over several tokens are held back until it is whole. Samples are separated by a line of
 dashes. An empty prompt starts a new document (<|endoftext|>); a prompt longer than the
@@ -16,14 +18,17 @@ import sys
 
 import torch
 
-from checkpoint_bio import load_model
+from checkpoint_bio import load_model_from
 from engine_bio import check_options, generate, sampling_settings, stream_text
 from settings_bio import UserError, autocast_for, load_settings, pick_device, pick_dtype, run_main
 from tokenizer_bio import EOT, VOCAB_SIZE, StreamDecoder, encode
 
+INIT_FROM_MEANING = ("'resume' (out_dir/ckpt.pt), a checkpoint file, or GPT-2: gpt2, gpt2-medium, gpt2-large, "
+                     "gpt2-xl or a transformers save_pretrained folder")
 SETTINGS = {
-    "out_dir": ("out", "folder of the checkpoint to sample (its ckpt.pt) when --ckpt is not given"),
-    "ckpt": ("", "checkpoint file; overrides out_dir"),
+    "out_dir": ("out", "folder of the checkpoint to sample (its ckpt.pt) with init_from='resume'"),
+    "init_from": ("resume", INIT_FROM_MEANING),
+    "ckpt": ("", "checkpoint file; the same as --init_from=<file>"),
     "start": ("", "prompt text, or FILE:path to read it from a UTF-8 file; empty starts a new document"),
     "num_samples": (3, "how many samples to draw"),
     "max_new_tokens": (256, "tokens generated per sample"),
@@ -80,13 +85,21 @@ def stream_sample(model, ids, write, echo_prompt=True, **sampling):
     return new_ids
 
 
-def load_for_sampling(path, device):
-    """The checkpoint's model in eval mode, checked to use the GPT-2 vocabulary."""
-    model, _ = load_model(path, device)
+def model_source(cfg):
+    """What to load: --ckpt when given (the older spelling of --init_from=<file>), else init_from."""
+    if cfg.ckpt and cfg.init_from != "resume":
+        raise UserError(f"--ckpt={cfg.ckpt} and --init_from={cfg.init_from} both name the model; give one")
+    return cfg.ckpt or cfg.init_from
+
+
+def load_for_sampling(init_from, device, out_dir="out"):
+    """The model init_from names (see checkpoint_bio.load_model_from) in eval mode, checked to
+    use the GPT-2 vocabulary. Returns (model, where it came from)."""
+    model, _, source = load_model_from(init_from, out_dir, device)
     if model.config.vocab_size < VOCAB_SIZE:
-        raise UserError(f"{path} has vocab_size {model.config.vocab_size}; sampling needs the GPT-2 "
+        raise UserError(f"{source} has vocab_size {model.config.vocab_size}; sampling needs the GPT-2 "
                         f"tokenizer's {VOCAB_SIZE} ids")
-    return model.eval()
+    return model.eval(), source
 
 
 def write_stdout(text):
@@ -109,7 +122,7 @@ def main(argv=None):
     text = read_prompt(cfg.start)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    model = load_for_sampling(cfg.ckpt or os.path.join(cfg.out_dir, "ckpt.pt"), device)
+    model, _ = load_for_sampling(model_source(cfg), device, cfg.out_dir)
     ids = prompt_ids(text, model.config.block_size, lambda msg: print(msg, file=sys.stderr))
     if cfg.compile:
         model = torch.compile(model)

@@ -51,7 +51,8 @@ SETTINGS = {
     "hellaswag_limit": (0, "HellaSwag examples scored each time (0 = all 10,042)"),
     "hellaswag_file": ("", "HellaSwag rows from this local .jsonl (empty: Rowan/hellaswag from the Hub)"),
     "always_save_checkpoint": (True, "save ckpt.pt at every eval; False: only when val loss improves, and at the end"),
-    "init_from": ("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt) or a checkpoint path to fine-tune from"),
+    "init_from": ("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt), a checkpoint path to fine-tune from, or "
+                             "GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a transformers save_pretrained folder"),
     "overwrite": (False, "let a new run replace the checkpoint already in out_dir (otherwise that is an error)"),
     # data
     "data_root": ("data", "folder that holds the dataset folders"),
@@ -72,6 +73,7 @@ SETTINGS = {
     "use_rmsnorm": (True, "RMSNorm instead of LayerNorm"),
     "use_rope": (True, "rotary position embeddings instead of a learned position table"),
     "legacy_rope": (False, "the published checkpoints' RoPE, which encodes no position (set from old checkpoints)"),
+    "gelu_approximate": ("none", "GELU MLP only: 'none' (exact) or 'tanh' (GPT-2's approximation; set from GPT-2)"),
     "gradient_checkpointing": (False, "recompute blocks in backward: much less memory, ~30% slower"),
     "use_sparse_gate": (False, "soft spike gate in front of the MLP activation (reports sparsity)"),
     "bio_threshold": (0.25, "firing threshold of the sparse gate"),
@@ -462,25 +464,21 @@ def build_model(s, device, d):
     overrides = dict(dropout=s.dropout, gradient_checkpointing=s.gradient_checkpointing)
     if s.init_from == "scratch":
         return GPT(model_config_from(s)).to(device), None
+    # resume, fine-tune from a checkpoint, or from GPT-2 (a name or a save_pretrained folder)
+    model, ckpt, source = checkpoint_bio.load_model_from(s.init_from, s.out_dir, device, **overrides)
+    checked_against(s, model.config, source, d)
     if s.init_from == "resume":
-        path = os.path.join(s.out_dir, "ckpt.pt")
-        if not os.path.exists(path):
-            raise UserError(f"init_from='resume' but {path} does not exist; start with --init_from=scratch "
-                            "or point --out_dir at the run to continue")
-        model, ckpt = checkpoint_bio.load_model(path, device, **overrides)
-        checked_against(s, model.config, path, d)
         for key in ("optimizer", "iter_num"):
             if key not in ckpt:
-                raise UserError(f"{path} has no {key!r}: it cannot be resumed; fine-tune from it with --init_from={path}")
+                raise UserError(f"{source} has no {key!r}: it cannot be resumed; fine-tune from it with --init_from={source}")
         return model, ckpt
-    path = s.init_from  # fine-tune: the weights only; a fresh optimizer at iteration 0
-    if not os.path.exists(path):
-        raise UserError(f"init_from={path!r}: no such checkpoint; use 'scratch', 'resume' or the path of a "
-                        "checkpoint file (e.g. a run's ckpt.pt or the published ckpt_pretrain.pt)")
-    model, ckpt = checkpoint_bio.load_model(path, device, **overrides)
-    checked_against(s, model.config, path, d)
-    print0(d, f"fine-tuning from {path}" + (" (original WiggleGPT format: legacy_rope on)"
-                                          if checkpoint_bio.is_original_format(ckpt) else ""))
+    # fine-tune: the weights only; a fresh optimizer at iteration 0
+    note = ""
+    if ckpt is None:
+        note = " (GPT-2 weights through transformers)"
+    elif checkpoint_bio.is_original_format(ckpt):
+        note = " (original WiggleGPT format: legacy_rope on)"
+    print0(d, f"fine-tuning from {source}{note}")
     del ckpt
     return model, None
 

@@ -3,10 +3,16 @@ loss, median tokens/s, peak memory) from metrics.jsonl files written here; a res
 (several start records) counts only its final timeline, the last record of each iteration;
 the loss-curve PNG is written; --rope_variants plans a real-RoPE and a legacy-RoPE run of
 each RoPE config; a folder without metrics.jsonl is one clear error (exit 2, no traceback);
-and --run trains two tiny configs through train_bio.py and compares them."""
+and --run trains two tiny configs through train_bio.py and compares them. Multi-seed
+comparisons: the Student t quantile against published table values, mean and sample std, the
+paired differences and their confidence interval against a direct computation, seed folders
+read back as one config (with val_bpb and HellaSwag records), the band plot, --seeds=0 as one
+clear error, and --run --seeds=2 training every config with seeds seed and seed+1."""
 
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -194,4 +200,129 @@ def test_run_trains_two_configs(tmp_path):
         assert start["config"]["seed"] == 7 and start["config"]["max_iters"] == 6
         assert start["config"]["use_bio_mlp"] == (name == "tiny_bio")
         assert int(row[1].replace(",", "")) == start["params"]
+    assert (out_root / "compare.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------------
+# several seeds per config
+
+def test_t_quantile_matches_tables():
+    # two-sided 95% (p = 0.975) values of any t table, and the Cauchy case df=1 exactly
+    for df, expected in [(2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (30, 2.042)]:
+        assert compare_bio.t_quantile(0.975, df) == pytest.approx(expected, abs=5e-4)
+    assert compare_bio.t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)
+    assert compare_bio.t_quantile(0.995, 4) == pytest.approx(4.604, abs=5e-4)
+    assert compare_bio.t_quantile(0.5, 7) == pytest.approx(0.0, abs=1e-9)
+    assert compare_bio.t_quantile(0.975, 1000) == pytest.approx(1.962, abs=1e-3)  # toward the normal 1.960
+    with pytest.raises(ValueError):
+        compare_bio.t_quantile(0.975, 0)
+
+
+def test_mean_std_and_paired_difference_against_direct_computation():
+    values = [3.1, 3.4, 2.9, 3.3]
+    mean, sd = compare_bio.mean_std(values)
+    assert mean == pytest.approx(statistics.mean(values)) and sd == pytest.approx(statistics.stdev(values))
+    assert compare_bio.mean_std([2.5]) == (2.5, None)
+    base = {1: 3.00, 2: 3.10, 3: 2.95, 9: 1.0}
+    other = {1: 3.05, 2: 3.12, 3: 3.05, 4: 7.0}  # seeds 4 and 9 have no partner: left out
+    pair = compare_bio.paired_difference(base, other)
+    diffs = [0.05, 0.02, 0.10]
+    assert pair["seeds"] == [1, 2, 3] and pair["diffs"] == pytest.approx(diffs) and pair["df"] == 2
+    half = 4.302653 * statistics.stdev(diffs) / math.sqrt(3)
+    assert pair["mean"] == pytest.approx(statistics.mean(diffs))
+    assert (pair["low"], pair["high"]) == pytest.approx((statistics.mean(diffs) - half, statistics.mean(diffs) + half),
+                                                        abs=1e-6)
+    single = compare_bio.paired_difference({1: 1.0}, {1: 1.5})
+    assert single["mean"] == 0.5 and single["low"] is None
+    assert compare_bio.paired_difference({1: 1.0}, {2: 1.0}) is None
+
+
+def seed_run(folder, seed, final_val, bpb=None, acc_norm=None):
+    """A finished 10-step run with its seed in the start record; evals at 0, 5 and 10."""
+    first = start(0, 1000)
+    first["config"] = {"seed": seed}
+    evals = [evaluation(it, val, 100.0) for it, val in ((0, 5.0), (5, final_val + 0.5), (10, final_val))]
+    records = [first, evals[0]] + [train(i, 4.0, 100.0) for i in range(5)] + [evals[1]] \
+        + [train(i, 3.5, 100.0) for i in range(5, 10)] + [evals[2]]
+    if bpb is not None:
+        for e in evals:
+            e["val_bpb"], e["train_bpb"] = e["val_loss"] / 3.0, e["train_loss"] / 3.0
+    if acc_norm is not None:
+        records += [{"kind": "hellaswag", "iter": 10, "acc": acc_norm - 0.01, "acc_norm": acc_norm, "n": 50,
+                     "tokens": 1000}]
+    records.append({"kind": "end", "iter": 10, "best_val_loss": final_val, "tokens": 1000, "elapsed_s": 1.0,
+                    "reason": "max_iters"})
+    write_metrics(folder / f"seed{seed}", records)
+
+
+def test_seed_folders_summary_and_band_plot(tmp_path, capsys):
+    a, b = tmp_path / "cfg-a", tmp_path / "cfg-b"
+    finals_a, finals_b = {1337: 3.00, 1338: 3.10, 1339: 2.90}, {1337: 3.20, 1338: 3.15, 1339: 3.05}
+    accs_b = {1337: 0.26, 1338: 0.27, 1339: 0.30}
+    for seed in finals_a:
+        seed_run(a, seed, finals_a[seed], bpb=True)
+        seed_run(b, seed, finals_b[seed], bpb=True, acc_norm=accs_b[seed])
+    (b / "seed1340").mkdir()  # an empty folder (a run that never started) is not a seed
+    plot = tmp_path / "bands.png"
+    rows = compare_bio.main([str(a), str(b), f"--plot={plot}"])
+    assert [r["name"] for r in rows] == [f"cfg-{c}/seed{s}" for c in "ab" for s in (1337, 1338, 1339)]
+    assert [r["seed"] for r in rows] == [1337, 1338, 1339] * 2
+    assert rows[3]["final_val_bpb"] == pytest.approx(3.20 / 3) and rows[3]["hellaswag_acc_norm"] == 0.26
+    assert rows[0]["hellaswag_acc_norm"] is None
+    out = capsys.readouterr().out
+    mean_b, sd_b = statistics.mean(finals_b.values()), statistics.stdev(finals_b.values())
+    line_b = next(line for line in out.splitlines() if line.startswith("cfg-b ") and "+-" in line)
+    assert f"{mean_b:.4f} +- {sd_b:.4f} (n=3)" in line_b
+    assert f"{statistics.mean(accs_b.values()):.4f} +- {statistics.stdev(accs_b.values()):.4f} (n=3)" in line_b
+    diffs = [finals_b[s] - finals_a[s] for s in finals_a]
+    half = 4.302653 * statistics.stdev(diffs) / math.sqrt(3)
+    paired = next(line for line in out.splitlines() if "cfg-b val loss:" in line)
+    assert f"mean {statistics.mean(diffs):+.4f}" in paired
+    assert f"[{statistics.mean(diffs) - half:+.4f}, {statistics.mean(diffs) + half:+.4f}], df=2" in paired
+    assert "1339: +0.1500" in paired
+    data = plot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and 10_000 < len(data) < 200_000
+    x, mean, low, high = compare_bio.band([r["curves"]["val"] for r in rows[:3]])
+    assert x == [0, 500, 1000] and mean[-1] == pytest.approx(3.0) and (low[-1], high[-1]) == (2.9, 3.1)
+
+
+def test_zero_seeds_is_one_clear_error(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "compare_bio.py"), "--run", "config/shakespeare_bio.py",
+                        "config/shakespeare_gelu.py", "--seeds=0", f"--out_root={tmp_path}"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr == "error: seeds must be at least 1, got 0\n"
+    assert not os.listdir(tmp_path)  # nothing was trained
+    with pytest.raises(UserError, match="only apply with --run"):
+        compare_bio.main([str(tmp_path), str(tmp_path), "--seeds=2"])
+
+
+def test_run_with_two_seeds(tmp_path):
+    data = tmp_path / "data" / "tiny"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    rng.integers(0, 64, 3000, dtype=np.uint16).tofile(data / "train.bin")
+    rng.integers(0, 64, 600, dtype=np.uint16).tofile(data / "val.bin")
+    configs = []
+    for name, bio in (("tiny_bio", True), ("tiny_gelu", False)):
+        path = tmp_path / f"{name}.py"
+        path.write_text(TINY.format(data_root=str(tmp_path / "data"), bio=bio))
+        configs.append(str(path))
+    out_root = tmp_path / "runs"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "compare_bio.py"), "--run", *configs, "--max_iters=3",
+                        "--seed=40", "--seeds=2", f"--out_root={out_root}"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    finals = {}
+    for name in ("tiny_bio", "tiny_gelu"):
+        assert sorted(os.listdir(out_root / name)) == ["seed40", "seed41"]
+        for seed in (40, 41):
+            records = [json.loads(line) for line in (out_root / name / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()]
+            assert records[0]["config"]["seed"] == seed and records[0]["config"]["max_iters"] == 3
+            finals[name, seed] = [x for x in records if x["kind"] == "eval"][-1]["val_loss"]
+    assert finals["tiny_bio", 40] != finals["tiny_bio", 41]  # the seed reached the training
+    mean, sd = statistics.mean([finals["tiny_gelu", 40], finals["tiny_gelu", 41]]), \
+        statistics.stdev([finals["tiny_gelu", 40], finals["tiny_gelu", 41]])
+    assert f"{mean:.4f} +- {sd:.4f} (n=2)" in r.stdout
+    diffs = [finals["tiny_gelu", s] - finals["tiny_bio", s] for s in (40, 41)]
+    assert f"tiny_gelu val loss: mean {statistics.mean(diffs):+.4f}, 95% CI [" in r.stdout
     assert (out_root / "compare.png").stat().st_size > 10_000
