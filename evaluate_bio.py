@@ -41,21 +41,13 @@ N_ENDINGS = 4
 
 def load_eval_model(ckpt="", init_from="", device="cpu"):
     """(model in eval mode on device, its name): a checkpoint file (this project's or the
-    original WiggleGPT format) or init_from='gpt2' and friends (GPT-2 weights via hf_bio)."""
+    original WiggleGPT format) or init_from -- 'gpt2' and friends, a save_pretrained folder, a
+    checkpoint file -- resolved by checkpoint_bio.load_model_from, as sample and chat do."""
     if bool(ckpt) == bool(init_from):
         raise UserError("give exactly one model: --ckpt=path/to/ckpt.pt or --init_from=gpt2 (gpt2-medium, ...)")
-    if ckpt:
-        from checkpoint_bio import load_model
-        model, _ = load_model(ckpt, device, dropout=0.0)
-        return model.eval(), ckpt
-    try:
-        import hf_bio  # GPT-2 through transformers; imported only when asked for
-    except ImportError as e:
-        raise UserError(f"init_from={init_from!r} needs hf_bio.py and transformers ({e}); "
-                        "pip install -r requirements-optional.txt") from None
-    if not hf_bio.is_gpt2_source(init_from):
-        raise UserError(f"init_from={init_from!r} is not a GPT-2 model name or folder; use --ckpt for checkpoints")
-    return hf_bio.load_gpt2(init_from, device=device).eval(), init_from
+    from checkpoint_bio import load_model_from
+    model, _, source = load_model_from(ckpt or init_from, device=device, dropout=0.0)
+    return model.eval(), source
 
 
 # ---------------------------------------------------------------------------------------

@@ -173,3 +173,34 @@ def test_sample_chat_and_errors_through_the_command_line(gpt2_folder, tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], result.stderr[-2000:]
         assert result.stdout == ""
+
+
+def test_eval_script_scores_gpt2_like_a_direct_computation(gpt2_folder, tmp_path):
+    """eval_bio.py --init_from=<save_pretrained folder>: HellaSwag from transformers' own logits."""
+    transformers = require_module("transformers", "pip install -r requirements-optional.txt")
+    import json
+    import tokenizer_bio
+    rows = [dict(ctx="The cat sat on the", endings=["mat.", "moon, far away from home.", "dog.", "roof"], label=0),
+            dict(ctx="She opened the door and", endings=["left.", "smiled.", "ran", "closed it again slowly."], label=3)]
+    (tmp_path / "hs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "results.jsonl"
+    result = script("eval_bio.py", f"--init_from={gpt2_folder}", "--tasks=hellaswag", "--device=cpu",
+                    f"--hellaswag_file={tmp_path / 'hs.jsonl'}", f"--out={out}")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    got = {r["metric"]: r["value"] for r in map(json.loads, out.read_text().splitlines())}
+    reference = transformers.GPT2LMHeadModel.from_pretrained(gpt2_folder).eval()
+    correct = correct_norm = 0
+    for row in rows:
+        ctx = tokenizer_bio.encode(row["ctx"])
+        sums, means = [], []
+        for ending in row["endings"]:
+            end = tokenizer_bio.encode(" " + ending)
+            ids = torch.tensor([ctx + end])
+            with torch.no_grad():
+                logp = torch.log_softmax(reference(ids).logits[0, :-1].double(), dim=-1)
+            nll = -logp[torch.arange(len(ctx) - 1, ids.shape[1] - 1), ids[0, len(ctx):]]
+            sums.append(nll.sum().item())
+            means.append(nll.mean().item())
+        correct += min(range(4), key=sums.__getitem__) == row["label"]
+        correct_norm += min(range(4), key=means.__getitem__) == row["label"]
+    assert got["acc"] == pytest.approx(correct / len(rows)) and got["acc_norm"] == pytest.approx(correct_norm / len(rows))
