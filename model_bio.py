@@ -175,6 +175,39 @@ class CausalSelfAttention(nn.Module):
 # ---------------------------------------------------------------------------------------
 # the oscillating neuron
 
+def oscillate_grads_eager(x, g, omega, phi):
+    """Gradients of sum(g * (sin(omega*x + phi) * tanh(x) + baseline)) for x, omega, phi and
+    baseline, tuned for eager mode, where the cost is the number of passes over the tensor and
+    of fresh allocations: sin and cos come from one sin over [z, z + pi/2], results go into
+    buffers that are no longer needed, and the sums over positions are matrix-vector products."""
+    D = x.shape[-1]
+    # z = omega * x + phi is recomputed, not stored
+    phases = torch.stack([phi, phi + math.pi / 2]).view(2, *([1] * (x.dim() - 1)), D)
+    sin_z, cos_z = torch.addcmul(phases, omega, x).sin_().unbind(0)
+    t = torch.tanh(x)
+    g_t = g * t
+    g_cos_t = cos_z.mul_(g_t)  # dL/dz * tanh(x) = g * cos(z) * tanh(x)
+    g_dtanh = torch.addcmul(g, g_t, t, value=-1.0, out=g_t)  # g * (1 - tanh(x)^2)
+    # dy/dx = omega * cos(z) * tanh(x) + sin(z) * (1 - tanh(x)^2)
+    grad_x = sin_z.mul_(g_dtanh).addcmul_(g_cos_t, omega)
+    # the parameters are shared by every position: sum over them, as ones @ (positions, D)
+    # (a BLAS gemv, much faster than a sum over the leading dims on a CPU)
+    ones = x.new_ones(x.numel() // D)
+    grad_omega = ones @ torch.mul(g_cos_t, x, out=t).reshape(-1, D)
+    return grad_x, grad_omega, ones @ g_cos_t.reshape(-1, D), ones @ g.reshape(-1, D)
+
+
+def oscillate_grads_traced(x, g, omega, phi):
+    """The same gradients written plainly, for torch.compile: Inductor fuses the elementwise
+    work and the sums into a few kernels, which buffers and gemvs would only get in the way of."""
+    z = omega * x + phi
+    t = torch.tanh(x)
+    g_cos_t = g * torch.cos(z) * t
+    sum_dims = tuple(range(x.dim() - 1))
+    grad_x = omega * g_cos_t + g * torch.sin(z) * (1 - t * t)
+    return grad_x, (g_cos_t * x).sum(sum_dims), g_cos_t.sum(sum_dims), g.sum(sum_dims)
+
+
 class OscillateFunction(torch.autograd.Function):
     """y = sin(omega*x + phi) * tanh(x) + baseline, per hidden neuron (last dimension).
 
@@ -182,9 +215,6 @@ class OscillateFunction(torch.autograd.Function):
     (1.6x the activation memory of GELU). We save only x and the parameter vectors and
     recompute the cheap elementwise terms in backward. Math is done in fp32 for accuracy;
     the output keeps x's dtype so autocast's bf16/fp16 memory savings carry through.
-    Eager speed on a CPU is the number of passes over the tensor and of fresh allocations, so
-    both are few: sin and cos come from one sin over [z, z + pi/2], results are written into
-    buffers that are no longer needed, and the sums over positions are matrix-vector products.
     """
 
     @staticmethod
@@ -193,29 +223,14 @@ class OscillateFunction(torch.autograd.Function):
         dt = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 -> fp32, fp64 stays
         xf = x.to(dt)
         wave = torch.addcmul(phi.to(dt), omega.to(dt), xf).sin_()
-        return torch.addcmul(baseline.to(dt), wave, torch.tanh(xf), out=wave).to(x.dtype)
+        return torch.addcmul(baseline.to(dt), wave, torch.tanh(xf)).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, omega, phi = ctx.saved_tensors
         dt = torch.promote_types(x.dtype, torch.float32)
-        xf, g, omega_f, phi_f = x.to(dt), grad_out.to(dt), omega.to(dt), phi.to(dt)
-        D = x.shape[-1]
-        # z = omega * x + phi is recomputed, not stored; [sin z, cos z] in one pass of sin
-        phases = torch.stack([phi_f, phi_f + math.pi / 2]).view(2, *([1] * (x.dim() - 1)), D)
-        sin_z, cos_z = torch.addcmul(phases, omega_f, xf).sin_().unbind(0)
-        t = torch.tanh(xf)
-        g_t = g * t
-        g_cos_t = cos_z.mul_(g_t)  # dL/dz * tanh(x) = g * cos(z) * tanh(x)
-        g_dtanh = torch.addcmul(g, g_t, t, value=-1.0, out=g_t)  # g * (1 - tanh(x)^2)
-        # dy/dx = omega * cos(z) * tanh(x) + sin(z) * (1 - tanh(x)^2)
-        grad_x = sin_z.mul_(g_dtanh).addcmul_(g_cos_t, omega_f)
-        # the parameters are shared by every position: sum over them, as ones @ (positions, D)
-        # (a BLAS gemv, many times faster than a sum over the leading dims on a CPU)
-        ones = xf.new_ones(x.numel() // D)
-        grad_phi = ones @ g_cos_t.reshape(-1, D)
-        grad_omega = ones @ torch.mul(g_cos_t, xf, out=t).reshape(-1, D)
-        grad_baseline = ones @ g.reshape(-1, D)
+        grads = oscillate_grads_traced if torch.compiler.is_compiling() else oscillate_grads_eager
+        grad_x, grad_omega, grad_phi, grad_baseline = grads(x.to(dt), grad_out.to(dt), omega.to(dt), phi.to(dt))
         return (grad_x.to(x.dtype), grad_omega.to(omega.dtype), grad_phi.to(phi.dtype),
                 grad_baseline.to(omega.dtype))
 
