@@ -175,25 +175,32 @@ class CausalSelfAttention(nn.Module):
 # ---------------------------------------------------------------------------------------
 # the oscillating neuron
 
+def tanh(x):
+    """tanh; on a CPU in eager mode as 2 * sigmoid(2x) - 1, four cheap passes that take about
+    a quarter of torch.tanh's time (and agree within 2e-7 in fp32). On a GPU, or under
+    torch.compile, torch.tanh is one fast pass or fused anyway."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
+        return torch.tanh(x)
+    return torch.mul(x, 2.0).sigmoid_().mul_(2.0).sub_(1.0)
+
+
 def oscillate_grads_eager(x, g, omega, phi):
     """Gradients of sum(g * (sin(omega*x + phi) * tanh(x) + baseline)) for x, omega, phi and
-    baseline, tuned for eager mode, where the cost is the number of passes over the tensor and
-    of fresh allocations: sin and cos come from one sin over [z, z + pi/2], results go into
-    buffers that are no longer needed, and the sums over positions are matrix-vector products."""
+    baseline, tuned for eager mode, where the cost is the passes over the tensor and the fresh
+    allocations: results go into buffers that are no longer needed (in place), and the sums
+    over positions are matrix-vector products."""
     D = x.shape[-1]
-    # z = omega * x + phi is recomputed, not stored
-    phases = torch.stack([phi, phi + math.pi / 2]).view(2, *([1] * (x.dim() - 1)), D)
-    sin_z, cos_z = torch.addcmul(phases, omega, x).sin_().unbind(0)
-    t = torch.tanh(x)
-    g_t = g * t
-    g_cos_t = cos_z.mul_(g_t)  # dL/dz * tanh(x) = g * cos(z) * tanh(x)
-    g_dtanh = torch.addcmul(g, g_t, t, value=-1.0, out=g_t)  # g * (1 - tanh(x)^2)
+    z = torch.addcmul(phi, omega, x)  # recomputed, not stored
+    sin_z = torch.sin(z)
+    t = tanh(x)
+    g_cos_t = z.cos_().mul_(t).mul_(g)  # dL/dz * tanh(x) = g * cos(z) * tanh(x)
+    g_dtanh = torch.addcmul(g, g, t.square_(), value=-1.0, out=t)  # g * (1 - tanh(x)^2)
     # dy/dx = omega * cos(z) * tanh(x) + sin(z) * (1 - tanh(x)^2)
     grad_x = sin_z.mul_(g_dtanh).addcmul_(g_cos_t, omega)
     # the parameters are shared by every position: sum over them, as ones @ (positions, D)
     # (a BLAS gemv, much faster than a sum over the leading dims on a CPU)
     ones = x.new_ones(x.numel() // D)
-    grad_omega = ones @ torch.mul(g_cos_t, x, out=t).reshape(-1, D)
+    grad_omega = ones @ torch.mul(g_cos_t, x, out=g_dtanh).reshape(-1, D)
     return grad_x, grad_omega, ones @ g_cos_t.reshape(-1, D), ones @ g.reshape(-1, D)
 
 
@@ -223,7 +230,7 @@ class OscillateFunction(torch.autograd.Function):
         dt = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 -> fp32, fp64 stays
         xf = x.to(dt)
         wave = torch.addcmul(phi.to(dt), omega.to(dt), xf).sin_()
-        return torch.addcmul(baseline.to(dt), wave, torch.tanh(xf)).to(x.dtype)
+        return tanh(xf).mul_(wave).add_(baseline.to(dt)).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
