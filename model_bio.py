@@ -368,9 +368,8 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         # [sum of per-forward firing shares, forwards]: a running mean kept on the device, read
-        # (one sync) only when training logs; each process keeps its own, DDP leaves it alone
+        # (one sync) only when training logs. Under DDP it is rank 0's, the rank that logs.
         self.register_buffer("firing_stats", torch.zeros(2), persistent=False)
-        self._ddp_params_and_buffers_to_ignore = ["firing_stats"]
         self.init_weights()
 
     @torch.no_grad()
