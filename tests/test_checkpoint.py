@@ -248,3 +248,24 @@ def test_v2_sparse_checkpoint_loads_with_equal_logits(tmp_path, bias):
     save_checkpoint(checkpoint_dict(model), str(again))
     reloaded, _ = load_model(str(again))
     assert torch.equal(reloaded.eval()(idx, idx)[0], logits)
+
+
+def test_checkpoints_from_before_the_gate_kinds_load_as_the_lightweight_gate(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(tiny_config(use_sparse_gate=True)).eval()
+    ckpt = checkpoint_dict(model)
+    for args in (ckpt["config"], ckpt["model_args"]):
+        del args["sparse_gate_kind"]  # written before the field existed
+    path = tmp_path / "old_sparse.pt"
+    save_checkpoint(ckpt, str(path))
+    loaded, _ = load_model(str(path))
+    assert loaded.config.use_sparse_gate and loaded.config.sparse_gate_kind == "lightweight"
+    idx = torch.randint(0, 96, (2, 12))
+    assert torch.equal(model(idx, idx)[0], loaded.eval()(idx, idx)[0])
+    # the original format with the per-unit gate and no switch for it in model_args
+    legacy = GPT(tiny_config(use_sparse_gate=True, legacy_rope=True)).eval()
+    path = tmp_path / "original_sparse.pt"
+    torch.save(original_format_checkpoint(legacy), path)
+    loaded, _ = load_model(str(path))
+    assert loaded.config.use_sparse_gate and loaded.config.sparse_gate_kind == "lightweight"
+    assert torch.equal(legacy(idx, idx)[0], loaded.eval()(idx, idx)[0])
