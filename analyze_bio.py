@@ -66,11 +66,15 @@ def load_neurons(path):
     ckpt = load_checkpoint(path)
     config = model_config(ckpt, path)
     state = clean_state_dict(ckpt["model"])
+    names = dict(STATE_NAMES)
+    if config.use_sparse_gate and config.sparse_gate_kind == "event_layer":
+        # v2: the MLP's neurons are `oscillating`; the second set inside its gate is not read
+        names.update(omega="oscillating.omega", phi="oscillating.phi", baseline="oscillating.baseline")
     layers = []
     for i in range(config.n_layer):
         prefix = f"transformer.h.{i}.mlp."
         layer = {k: state[prefix + v].detach().double().numpy().ravel()
-                 for k, v in STATE_NAMES.items() if prefix + v in state}
+                 for k, v in names.items() if prefix + v in state}
         if "omega" not in layer:
             if i == 0:
                 raise UserError(f"{path} has no oscillating neurons (use_bio_mlp={config.use_bio_mlp}: "

@@ -11,7 +11,9 @@ This project's checkpoints are dicts with
 
 The original WiggleGPT files (the published ckpt_pretrain.pt / ckpt_finetune.pt) have
 model_args for the model, the whole training config under 'config', and state-dict keys that
-may carry torch.compile's '_orig_mod.' prefix. Both load here, always with weights_only=True.
+may carry torch.compile's '_orig_mod.' prefix. The v2 files (the 45.31M sparse model) also
+have no switch for their gate: its weights (mlp.sparse_gate.*) say it is the event-layer gate.
+Both formats load here, always with weights_only=True.
 Writes are atomic (temporary file, fsync, rename): a crash mid-write never costs the last
 good checkpoint.
 """
@@ -117,6 +119,12 @@ def model_config(ckpt, path="checkpoint"):
                 if "transformer.wte.weight" in ckpt["model"] else 50304
         # the original RoPE rotated q and k alike at every position: no positional signal
         args["legacy_rope"] = bool(args.get("use_rope"))
+        # v2 saved no gate switch: its use_bio_mlp meant oscillation plus SparseEventLayer
+        keys = ckpt["model"].keys()
+        if any(k.endswith("mlp.sparse_gate.gate.weight") for k in keys):
+            args.update(use_sparse_gate=True, sparse_gate_kind="event_layer")
+        elif any(k.endswith("mlp.gate_weight") for k in keys):
+            args.update(use_sparse_gate=True, sparse_gate_kind="lightweight")
     else:
         args = ckpt.get("config")
         if not isinstance(args, dict):

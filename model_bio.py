@@ -21,6 +21,9 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 
+SPARSE_GATE_KINDS = ("lightweight", "event_layer")
+
+
 @dataclass
 class GPTConfig:
     # defaults are the published WiggleGPT 124M model
@@ -35,7 +38,11 @@ class GPTConfig:
     use_rmsnorm: bool = True  # RMSNorm instead of LayerNorm
     use_rope: bool = True  # rotary position embeddings instead of a learned wpe table
     gradient_checkpointing: bool = False  # recompute blocks in backward to fit 8 GB GPUs
-    use_sparse_gate: bool = False  # soft spike gate in front of the MLP activation
+    use_sparse_gate: bool = False  # a soft spike gate in the MLP; sparse_gate_kind says which
+    # "lightweight": a weight and bias per hidden unit, in front of the activation (2 vectors a layer)
+    # "event_layer": v2's SparseEventLayer after the activation: two full 4C x 4C matrices and a
+    #                second oscillating activation (the published 45.31M model)
+    sparse_gate_kind: str = "lightweight"
     bio_threshold: float = 0.25  # the gate's firing threshold
     # The published checkpoints rotated q and k by one head-dependent angle at every position
     # (their rotation table was sliced along the head axis), which leaves q.k unchanged: in
@@ -57,6 +64,8 @@ class GPTConfig:
                 raise TypeError(f"GPTConfig.{f.name} must be True or False, got {value!r}")
             elif f.type is float and not isinstance(value, float):
                 raise TypeError(f"GPTConfig.{f.name} must be a number, got {value!r}")
+            elif f.type is str and not isinstance(value, str):
+                raise TypeError(f"GPTConfig.{f.name} must be a string, got {value!r}")
         for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"GPTConfig.{name} must be positive, got {getattr(self, name)}")
@@ -68,6 +77,11 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.gelu_approximate not in ("none", "tanh"):
             raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
+        if self.sparse_gate_kind not in SPARSE_GATE_KINDS:
+            raise ValueError(f"sparse_gate_kind must be one of {', '.join(SPARSE_GATE_KINDS)}, "
+                             f"got {self.sparse_gate_kind!r}")
+        if self.use_sparse_gate and self.sparse_gate_kind == "event_layer" and not self.use_bio_mlp:
+            raise ValueError("the event_layer sparse gate is part of the oscillating MLP: it needs use_bio_mlp=True")
 
 
 # ---------------------------------------------------------------------------------------
@@ -166,6 +180,46 @@ class CausalSelfAttention(nn.Module):
 # ---------------------------------------------------------------------------------------
 # the oscillating neuron
 
+def tanh(x):
+    """tanh; on a CPU as 2 * sigmoid(2x) - 1, which takes about a quarter of torch.tanh's time
+    there (four cheap passes in eager mode, or fused by torch.compile) and agrees within 2e-7
+    in fp32. On a GPU torch.tanh is as fast as any other elementwise pass."""
+    if x.device.type != "cpu":
+        return torch.tanh(x)
+    return torch.mul(x, 2.0).sigmoid_().mul_(2.0).sub_(1.0)
+
+
+def oscillate_grads_eager(x, g, omega, phi):
+    """Gradients of sum(g * (sin(omega*x + phi) * tanh(x) + baseline)) for x, omega, phi and
+    baseline, tuned for eager mode, where the cost is the passes over the tensor and the fresh
+    allocations: results go into buffers that are no longer needed (in place), and the sums
+    over positions are matrix-vector products."""
+    D = x.shape[-1]
+    z = torch.addcmul(phi, omega, x)  # recomputed, not stored
+    sin_z = torch.sin(z)
+    t = tanh(x)
+    g_cos_t = z.cos_().mul_(t).mul_(g)  # dL/dz * tanh(x) = g * cos(z) * tanh(x)
+    g_dtanh = torch.addcmul(g, g, t.square_(), value=-1.0, out=t)  # g * (1 - tanh(x)^2)
+    # dy/dx = omega * cos(z) * tanh(x) + sin(z) * (1 - tanh(x)^2)
+    grad_x = sin_z.mul_(g_dtanh).addcmul_(g_cos_t, omega)
+    # the parameters are shared by every position: sum over them, as ones @ (positions, D)
+    # (a BLAS gemv, much faster than a sum over the leading dims on a CPU)
+    ones = x.new_ones(x.numel() // D)
+    grad_omega = ones @ torch.mul(g_cos_t, x, out=g_dtanh).reshape(-1, D)
+    return grad_x, grad_omega, ones @ g_cos_t.reshape(-1, D), ones @ g.reshape(-1, D)
+
+
+def oscillate_grads_traced(x, g, omega, phi):
+    """The same gradients written plainly, for torch.compile: Inductor fuses the elementwise
+    work and the sums into a few kernels, which buffers and gemvs would only get in the way of."""
+    z = omega * x + phi
+    t = tanh(x)
+    g_cos_t = g * torch.cos(z) * t
+    sum_dims = tuple(range(x.dim() - 1))
+    grad_x = omega * g_cos_t + g * torch.sin(z) * (1 - t * t)
+    return grad_x, (g_cos_t * x).sum(sum_dims), g_cos_t.sum(sum_dims), g.sum(sum_dims)
+
+
 class OscillateFunction(torch.autograd.Function):
     """y = sin(omega*x + phi) * tanh(x) + baseline, per hidden neuron (last dimension).
 
@@ -181,23 +235,14 @@ class OscillateFunction(torch.autograd.Function):
         dt = torch.promote_types(x.dtype, torch.float32)  # bf16/fp16 -> fp32, fp64 stays
         xf = x.to(dt)
         wave = torch.addcmul(phi.to(dt), omega.to(dt), xf).sin_()
-        return torch.addcmul(baseline.to(dt), wave, torch.tanh(xf)).to(x.dtype)
+        return tanh(xf).mul_(wave).add_(baseline.to(dt)).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad_out):
         x, omega, phi = ctx.saved_tensors
         dt = torch.promote_types(x.dtype, torch.float32)
-        xf, g, omega_f = x.to(dt), grad_out.to(dt), omega.to(dt)
-        z = torch.addcmul(phi.to(dt), omega_f, xf)  # recomputed, not stored
-        t = torch.tanh(xf)
-        g_cos_t = z.cos().mul_(g).mul_(t)  # dL/dz * tanh(x) = g * cos(z) * tanh(x)
-        sum_dims = tuple(range(x.dim() - 1))  # parameters are shared over every position
-        grad_phi = g_cos_t.sum(sum_dims)
-        grad_omega = (g_cos_t * xf).sum(sum_dims)
-        grad_baseline = g.sum(sum_dims)
-        # dy/dx = omega * cos(z) * tanh(x) + sin(z) * (1 - tanh(x)^2); fused ops: fewer passes over memory
-        dtanh = torch.addcmul(torch.ones((), dtype=dt, device=x.device), t, t, value=-1.0)
-        grad_x = g_cos_t.mul_(omega_f).addcmul_(dtanh.mul_(z.sin_()), g)
+        grads = oscillate_grads_traced if torch.compiler.is_compiling() else oscillate_grads_eager
+        grad_x, grad_omega, grad_phi, grad_baseline = grads(x.to(dt), grad_out.to(dt), omega.to(dt), phi.to(dt))
         return (grad_x.to(x.dtype), grad_omega.to(omega.dtype), grad_phi.to(phi.dtype),
                 grad_baseline.to(omega.dtype))
 
@@ -215,30 +260,70 @@ class OscillatingActivation(nn.Module):
         return OscillateFunction.apply(x, self.omega, self.phi, self.baseline)
 
 
+def spike(voltage, threshold):
+    """The soft spike of both gates: near 1 above the threshold, near 0 below, and the share
+    of units that fire (voltage above the threshold) as a detached 0-dim tensor: no GPU sync."""
+    firing = (voltage.detach() > threshold).float().mean()
+    return torch.sigmoid((voltage - threshold) * 5.0), firing
+
+
+class SparseEventLayer(nn.Module):
+    """WiggleGPT v2's gate on the 4C hidden vector h (after the first oscillating activation):
+    voltage = sigmoid(gate(h)), out = oscillate(transform(h * spike(voltage))), with gate and
+    transform full 4C x 4C Linears and a second oscillating activation of its own."""
+
+    def __init__(self, hidden, threshold, bias):
+        super().__init__()
+        self.threshold = threshold
+        self.gate = nn.Linear(hidden, hidden, bias=bias)
+        self.transform = nn.Linear(hidden, hidden, bias=bias)
+        self.activation = OscillatingActivation(hidden)
+
+    def forward(self, h):
+        strength, firing = spike(torch.sigmoid(self.gate(h)), self.threshold)
+        return self.activation(self.transform(h * strength)), firing
+
+
 class MLP(nn.Module):
+    """c_fc -> activation -> c_proj, with an optional sparse gate (config.sparse_gate_kind).
+
+    forward returns (output, firing): the share of the gate's units that fired, a detached
+    0-dim tensor, or None without a gate. It goes out through the return value, not a module
+    attribute, so torch.compile can trace the block even inside activation checkpointing.
+    """
 
     def __init__(self, config):
         super().__init__()
         hidden = 4 * config.n_embd
+        self.gate_kind = config.sparse_gate_kind if config.use_sparse_gate else None
+        self.bio_threshold = config.bio_threshold
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
-        self.activation = OscillatingActivation(hidden) if config.use_bio_mlp else nn.GELU(approximate=config.gelu_approximate)
-        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
-        self.use_sparse_gate, self.bio_threshold = config.use_sparse_gate, config.bio_threshold
-        if self.use_sparse_gate:
+        if self.gate_kind == "event_layer":  # v2's names, so its checkpoints load as they are
+            self.oscillating = OscillatingActivation(hidden)
+            self.sparse_gate = SparseEventLayer(hidden, config.bio_threshold, config.bias)
+        else:
+            self.activation = (OscillatingActivation(hidden) if config.use_bio_mlp
+                               else nn.GELU(approximate=config.gelu_approximate))
+        if self.gate_kind == "lightweight":
             self.gate_weight = nn.Parameter(torch.empty(hidden))
             self.gate_bias = nn.Parameter(torch.empty(hidden))
-        self.last_sparsity = None  # share of silent hidden units in the last forward (a tensor: no sync)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
         h = self.c_fc(x)  # (B, T, 4 * n_embd)
-        if self.use_sparse_gate:
-            # a soft spike: units whose voltage stays under the threshold are mostly silenced
-            voltage = h * self.gate_weight + self.gate_bias
-            spike = torch.sigmoid((voltage - self.bio_threshold) * 5.0)
-            self.last_sparsity = (spike.detach() < 0.5).float().mean()
-            h = h * spike
-        return self.dropout(self.c_proj(self.activation(h)))
+        firing = None
+        if self.gate_kind == "event_layer":
+            h, firing = self.sparse_gate(self.oscillating(h))
+        else:
+            if self.gate_kind == "lightweight":
+                # the gate parameters are cast to h's dtype: under autocast an fp32 parameter
+                # would promote the whole hidden tensor (and what backward saves) to fp32
+                voltage = torch.addcmul(self.gate_bias.to(h.dtype), h, self.gate_weight.to(h.dtype))
+                strength, firing = spike(voltage, self.bio_threshold)
+                h = h * strength
+            h = self.activation(h)
+        return self.dropout(self.c_proj(h)), firing
 
 
 def make_norm(config):
@@ -258,8 +343,10 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, rope=None, kv_cache=None):
+        """Returns (x, firing share of the MLP's sparse gate or None)."""
         x = x + self.attn(self.ln_1(x), rope, kv_cache)
-        return x + self.mlp(self.ln_2(x))
+        out, firing = self.mlp(self.ln_2(x))
+        return x + out, firing
 
 
 # ---------------------------------------------------------------------------------------
@@ -286,6 +373,9 @@ class GPT(nn.Module):
             cos, sin = rope_tables(config.n_embd // config.n_head, config.block_size)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+        # [sum of per-forward firing shares, forwards]: a running mean kept on the device, read
+        # (one sync) only when training logs. Under DDP it is rank 0's, the rank that logs.
+        self.register_buffer("firing_stats", torch.zeros(2), persistent=False)
         self.init_weights()
 
     @torch.no_grad()
@@ -314,7 +404,7 @@ class GPT(nn.Module):
                 nn.init.normal_(module.omega, 1.0, 0.1)
                 nn.init.normal_(module.phi, 0.0, 0.1)
                 nn.init.zeros_(module.baseline)
-            elif isinstance(module, MLP) and module.use_sparse_gate:
+            elif isinstance(module, MLP) and module.gate_kind == "lightweight":
                 nn.init.ones_(module.gate_weight)
                 nn.init.zeros_(module.gate_bias)
 
@@ -347,11 +437,16 @@ class GPT(nn.Module):
         rope = None
         if hasattr(self, "rope_cos"):
             rope = (self.rope_cos[start:start + T], self.rope_sin[start:start + T])  # (T, head_dim/2)
+        firings = []
         for block in self.transformer.h:
             if self.config.gradient_checkpointing and self.training and kv_cache is None:
-                x = checkpoint(block, x, rope, use_reentrant=False)  # recomputed in backward
+                x, firing = checkpoint(block, x, rope, use_reentrant=False)  # recomputed in backward
             else:
-                x = block(x, rope, kv_cache)
+                x, firing = block(x, rope, kv_cache)
+            firings.append(firing)
+        if self.config.use_sparse_gate:
+            with torch.no_grad():
+                self.firing_stats.add_(torch.stack([torch.stack(firings).mean(), torch.ones_like(firings[0])]))
         if kv_cache is not None:
             kv_cache.advance(T)
         x = self.transformer.ln_f(x)
@@ -361,11 +456,15 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
-    def sparsity(self):
-        """Mean share of silent hidden units over the layers in the last forward, or None.
-        Calls .item(): a GPU sync, so training asks for it only when it logs."""
-        values = [b.mlp.last_sparsity for b in self.transformer.h if b.mlp.last_sparsity is not None]
-        return torch.stack(values).mean().item() if values else None
+    def firing_share(self):
+        """Share of the sparse gates' units that fired (voltage above bio_threshold), averaged
+        over the layers and the forwards since the last call, or None. It is what the original
+        v2 logged as "sparsity". Calls .tolist(): a GPU sync, so training asks only when it logs."""
+        if not self.config.use_sparse_gate:
+            return None
+        total, forwards = self.firing_stats.tolist()
+        self.firing_stats.zero_()
+        return total / forwards if forwards else None
 
     def parameter_groups(self, weight_decay):
         """Optimizer groups: weight decay on matrices and embeddings only.

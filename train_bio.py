@@ -75,7 +75,8 @@ SETTINGS = {
     "legacy_rope": (False, "the published checkpoints' RoPE, which encodes no position (set from old checkpoints)"),
     "gelu_approximate": ("none", "GELU MLP only: 'none' (exact) or 'tanh' (GPT-2's approximation; set from GPT-2)"),
     "gradient_checkpointing": (False, "recompute blocks in backward: much less memory, ~30% slower"),
-    "use_sparse_gate": (False, "soft spike gate in front of the MLP activation (reports sparsity)"),
+    "use_sparse_gate": (False, "soft spike gate in the MLP (logs the share of units that fire)"),
+    "sparse_gate_kind": ("lightweight", "'lightweight' (weight + bias per hidden unit) or 'event_layer' (v2: two 4C x 4C matrices)"),
     "bio_threshold": (0.25, "firing threshold of the sparse gate"),
     "vocab_size": (50304, "vocabulary size (GPT-2's 50257 padded to a multiple of 64)"),
     # optimizer
@@ -489,7 +490,7 @@ def build_model(s, device, d):
 def write_metrics(out_dir, record):
     """Append one JSON object per line to out_dir/metrics.jsonl (rank 0 only). Kinds:
     start {iter, params, tokens_per_iter, config, time}; train {iter, loss, lr, dt_ms, mfu (null
-    when the device's peak FLOP/s is unknown), tokens, tokens_per_sec, sparsity}; eval {iter,
+    when the device's peak FLOP/s is unknown), tokens, tokens_per_sec, firing_share}; eval {iter,
     train_loss, val_loss, train_bpb, val_bpb, tokens, lr, peak_mem_mb} (bpb: bits per byte of the
     same eval batches, see evaluate_bio); hellaswag {iter, acc, acc_norm, n, tokens}; end {iter,
     best_val_loss, tokens, elapsed_s, reason}."""
@@ -721,7 +722,7 @@ def print_figures(run):
     s, d, cfg = run.s, run.d, run.raw_model.config
     kind = ["oscillating MLP" if cfg.use_bio_mlp else "GELU MLP", "RMSNorm" if cfg.use_rmsnorm else "LayerNorm",
             ("legacy RoPE (no positions)" if cfg.legacy_rope else "RoPE") if cfg.use_rope else "learned positions"]
-    kind += ["sparse gate"] if cfg.use_sparse_gate else []
+    kind += [f"{cfg.sparse_gate_kind} sparse gate"] if cfg.use_sparse_gate else []
     print0(d, f"device {run.device}, dtype {run.dtype}, {d.world:,} process(es)")
     if run.peak_flops:
         print0(d, f"MFU against {run.peak_flops / 1e12:,.1f} TFLOP/s "
@@ -838,9 +839,9 @@ def eval_and_save(run, lr, at_end):
     s, d, state = run.s, run.d, run.state
     losses = evaluate(run)
     state.last_eval_iter = state.iter_num
-    sparsity = run.raw_model.sparsity() if run.raw_model.config.use_sparse_gate else None  # .item(): syncs the GPU
+    firing = run.raw_model.firing_share()  # since the last log line, mostly the eval batches; syncs the GPU
     print0(d, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
-              + (f", sparsity {sparsity * 100:.1f}%" if sparsity is not None else ""))
+              + (f", firing {firing * 100:.1f}%" if firing is not None else ""))
     if d.master:
         write_metrics(s.out_dir, {"kind": "eval", "iter": state.iter_num, "train_loss": losses["train"],
                                   "val_loss": losses["val"], "train_bpb": losses["train_bpb"],
@@ -868,14 +869,14 @@ def log_iteration(run, it, loss, lr, dt):
     s, d = run.s, run.d
     mfu = (run.raw_model.estimate_mfu(run.tokens_per_iter // d.world, dt, run.peak_flops, s.block_size)  # per device
            if run.peak_flops else None)  # unknown peak: no number rather than a wrong one
-    sparsity = run.raw_model.sparsity() if run.raw_model.config.use_sparse_gate else None  # .item(): syncs the GPU
+    firing = run.raw_model.firing_share()  # since the last log line; syncs the GPU
     print0(d, f"iter {it}: loss {loss:.4f}, time {dt * 1000:.2f} ms, mfu "
               + (f"{mfu * 100:.2f}%" if mfu is not None else "unknown")
-              + (f", sparsity {sparsity * 100:.1f}%" if sparsity is not None else ""))
+              + (f", firing {firing * 100:.1f}%" if firing is not None else ""))
     if d.master:
         write_metrics(s.out_dir, {"kind": "train", "iter": it, "loss": loss, "lr": lr, "dt_ms": dt * 1000,
                                   "mfu": mfu, "tokens": run.state.tokens,
-                                  "tokens_per_sec": run.tokens_per_iter / dt, "sparsity": sparsity})
+                                  "tokens_per_sec": run.tokens_per_iter / dt, "firing_share": firing})
         if run.wandb is not None:
             run.wandb.log({"train/iter_loss": loss, "lr": lr, "mfu": mfu,
                            "tokens_per_sec": run.tokens_per_iter / dt}, step=it)

@@ -173,6 +173,18 @@ def test_original_format_checkpoint(tmp_path, capsys):
     assert overall["gate_bias"]["mean"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_v2_event_layer_checkpoint_reads_the_mlp_neurons(tmp_path):
+    model = GPT(tiny_config(use_sparse_gate=True, sparse_gate_kind="event_layer"))
+    with torch.no_grad():
+        for block in model.transformer.h:
+            block.mlp.oscillating.omega.fill_(0.75)
+            block.mlp.sparse_gate.activation.omega.fill_(3.0)  # the gate's own neurons: not these
+    path = str(tmp_path / "v2.pt")
+    save_checkpoint(checkpoint_dict(model), path)
+    neurons = analyze_bio.load_neurons(path)
+    assert all((layer["omega"] == 0.75).all() for layer in neurons["layers"])
+
+
 def test_gelu_model_is_one_clear_error(tmp_path):
     path = str(tmp_path / "gelu.pt")
     save_checkpoint(checkpoint_dict(GPT(tiny_config(use_bio_mlp=False))), path)

@@ -37,7 +37,7 @@ def start(it, params):
 
 def train(it, loss, tps):
     return {"kind": "train", "iter": it, "loss": loss, "lr": 1e-3, "dt_ms": 10.0, "mfu": None,
-            "tokens": (it + 1) * 100, "tokens_per_sec": tps, "sparsity": None}
+            "tokens": (it + 1) * 100, "tokens_per_sec": tps, "firing_share": None}
 
 
 def evaluation(it, val, mem):

@@ -27,7 +27,7 @@ def settings_of(name):
 def test_the_configs_are_there():
     names = {os.path.basename(p) for p in CONFIGS}
     assert {"gpt2_bio_3070.py", "gpt2_bio_5060ti.py", "gpt2_gelu_3070.py", "bio_45m_sparse_3070.py",
-            "finetune_smoltalk.py", "shakespeare_bio.py", "shakespeare_gelu.py"} <= names
+            "bio_sparse_lightweight_3070.py", "finetune_smoltalk.py", "shakespeare_bio.py", "shakespeare_gelu.py"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
@@ -78,8 +78,26 @@ def test_special_purpose_configs():
     assert (sft["learning_rate"], sft["min_lr"], sft["warmup_iters"], sft["max_iters"]) == (2e-5, 2e-6, 200, 10000)
     assert (sft["batch_size"], sft["gradient_accumulation_steps"], sft["block_size"]) == (1, 64, 512)
     assert sft["dtype"] == "float16" and sft["gradient_checkpointing"] and sft["betas"] == (0.9, 0.99)
-    sparse = settings_of("bio_45m_sparse_3070.py")
-    assert sparse["use_sparse_gate"] and sparse["bio_threshold"] == 0.25 and sparse["max_iters"] == 200000
-    assert (sparse["n_layer"], sparse["n_head"], sparse["n_embd"]) == (4, 6, 384)
+    demo = settings_of("shakespeare_bio.py")
+    assert demo["dataset"] == "shakespeare" and demo["max_iters"] // demo["eval_interval"] >= 3
+
+
+def test_sparse_configs():
+    """bio_45m_sparse_3070.py is the published v2 run (WiggleGPT-V2-OLD/config_gpt2_bio_3070.py
+    and its model); the lightweight twin has the same shape and the per-unit gate."""
+    v2 = settings_of("bio_45m_sparse_3070.py")
+    assert v2["use_sparse_gate"] and v2["sparse_gate_kind"] == "event_layer" and v2["bio_threshold"] == 0.25
+    assert (v2["n_layer"], v2["n_head"], v2["n_embd"], v2["block_size"]) == (4, 6, 384, 1024)
+    assert (v2["batch_size"], v2["gradient_accumulation_steps"]) == (2, 16)
+    assert (v2["learning_rate"], v2["max_iters"], v2["lr_decay_iters"], v2["dtype"]) == (6e-4, 200000, 200000, "float16")
+    assert not (v2["bias"] or v2["use_rmsnorm"] or v2["use_rope"]) and v2["use_bio_mlp"]
+    light = settings_of("bio_sparse_lightweight_3070.py")
+    assert light["use_sparse_gate"] and light["sparse_gate_kind"] == "lightweight"
+    assert (light["n_layer"], light["n_head"], light["n_embd"]) == (4, 6, 384)
+    counts = {}
+    for name, s in (("v2", v2), ("light", light)):
+        with torch.device("meta"):
+            counts[name] = GPT(train_bio.model_config_from(types.SimpleNamespace(**s))).get_num_params()
+    assert counts == {"v2": 45_309_312, "light": 26_428_800}
     demo = settings_of("shakespeare_bio.py")
     assert demo["dataset"] == "shakespeare" and demo["max_iters"] // demo["eval_interval"] >= 3

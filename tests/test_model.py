@@ -195,20 +195,80 @@ def test_oscillating_activation_under_autocast_and_compile():
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_sparse_gate_reports_sparsity_and_learns():
+def test_lightweight_gate_reports_the_firing_share_and_learns():
     torch.manual_seed(0)
     model = GPT(tiny_config(use_sparse_gate=True, bio_threshold=0.25))
-    assert model.sparsity() is None  # nothing measured before a forward
+    assert model.firing_share() is None  # nothing measured before a forward
     idx = torch.randint(0, 96, (2, 16))
     _, loss = model(idx, idx)
     loss.backward()
-    s = model.sparsity()
-    assert 0.0 <= s <= 1.0 and s > 0.3  # h ~ N(0, small): most units sit under the threshold
+    f = model.firing_share()
+    assert 0.0 <= f < 0.3  # h ~ N(0, small): most units stay under the threshold at init
+    assert model.firing_share() is None  # read once: the running mean starts over
     mlp = model.transformer.h[0].mlp
     assert mlp.gate_weight.grad is not None and mlp.gate_weight.grad.abs().sum() > 0
     assert mlp.gate_bias.grad is not None and mlp.gate_bias.grad.abs().sum() > 0
     assert "transformer.h.0.mlp.gate_weight" in model.state_dict()
-    assert GPT(tiny_config()).sparsity() is None
+    assert GPT(tiny_config()).firing_share() is None
+    # the share of units whose voltage h * gate_weight + gate_bias is above the threshold,
+    # averaged over the forwards since the last read
+    one = GPT(tiny_config(n_layer=1, use_sparse_gate=True))
+    with torch.no_grad():
+        one.transformer.h[0].mlp.gate_weight.zero_()
+        one.transformer.h[0].mlp.gate_bias.fill_(0.3)  # every unit fires ...
+        one(idx)
+        one.transformer.h[0].mlp.gate_bias.fill_(0.2)  # ... then none
+        one(idx)
+    assert one.firing_share() == pytest.approx(0.5)
+
+
+def test_event_layer_gate_is_the_v2_model():
+    """The published v2 sparse model: 4 x 6 x 384, LayerNorm, learned positions, no biases,
+    counted as the original did (position table left out): 45.31M."""
+    cfg = GPTConfig(n_layer=4, n_head=6, n_embd=384, bias=False, use_rmsnorm=False, use_rope=False,
+                    use_sparse_gate=True, sparse_gate_kind="event_layer", bio_threshold=0.25)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    C, H = 384, 4 * 384
+    per_layer = 4 * C * C + 2 * C * H + 2 * H * H + 2 * 3 * H + 2 * C  # attn, MLP, gate + transform, 2 neurons, 2 LNs
+    assert model.get_num_params() == 50304 * C + 4 * per_layer + C == 45_309_312
+    assert round(model.get_num_params() / 1e6, 2) == 45.31
+    keys = {k for k in model.state_dict() if k.startswith("transformer.h.0.mlp.")}
+    assert keys == {"transformer.h.0.mlp." + k for k in (
+        "c_fc.weight", "c_proj.weight", "oscillating.omega", "oscillating.phi", "oscillating.baseline",
+        "sparse_gate.gate.weight", "sparse_gate.transform.weight", "sparse_gate.activation.omega",
+        "sparse_gate.activation.phi", "sparse_gate.activation.baseline")}
+    torch.manual_seed(0)
+    small = GPT(tiny_config(use_sparse_gate=True, sparse_gate_kind="event_layer"))
+    idx = torch.randint(0, 96, (2, 16))
+    _, loss = small(idx, idx)
+    loss.backward()
+    assert small.firing_share() == 1.0  # sigmoid(gate(h)) ~ 0.5 > 0.25 everywhere at init
+    gate = small.transformer.h[0].mlp.sparse_gate
+    assert gate.gate.weight.grad.abs().sum() > 0 and gate.activation.omega.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="sparse_gate_kind"):
+        tiny_config(sparse_gate_kind="full")
+    with pytest.raises(ValueError, match="use_bio_mlp"):
+        tiny_config(use_sparse_gate=True, sparse_gate_kind="event_layer", use_bio_mlp=False)
+
+
+@pytest.mark.parametrize("kind", ["lightweight", "event_layer"])
+def test_sparse_gates_keep_the_autocast_dtype_in_what_backward_saves(kind):
+    """An fp32 gate parameter times the bf16 hidden tensor would make it (and all the MLP keeps
+    for backward) fp32; every activation-sized tensor saved must stay bf16."""
+    torch.manual_seed(0)
+    model = GPT(tiny_config(use_sparse_gate=True, sparse_gate_kind=kind))
+    mlp = model.transformer.h[0].mlp
+    x = torch.randn(2, 16, 32, requires_grad=True)
+    saved = []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out, _ = mlp(x)
+    big = [t for t in saved if t.numel() >= 2 * 16 * 128]  # hidden-sized: (2, 16, 4 * 32)
+    assert out.dtype == torch.bfloat16 and len(big) >= 3
+    assert all(t.dtype == torch.bfloat16 for t in big), [t.dtype for t in big]
+    out.float().sum().backward()
+    assert x.grad is not None and all(p.grad is not None for p in mlp.parameters())
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -252,7 +312,7 @@ def test_optimizer_groups_cover_every_parameter_once():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     no_decay_ids = {id(p) for p in no_decay["params"]}
     for name, p in model.named_parameters():
-        one_d = any(s in name for s in ("omega", "phi", "baseline", "ln_", "gate_"))
+        one_d = any(s in name for s in ("omega", "phi", "baseline", "ln_", "gate_w", "gate_b"))
         assert (id(p) in no_decay_ids) == one_d, name
 
 

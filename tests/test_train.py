@@ -135,7 +135,7 @@ def test_cli_trains_logs_and_saves(tmp_path):
     train = [r for r in records if r["kind"] == "train"]
     assert [t["iter"] for t in train] == list(range(12)) and train[-1]["tokens"] == 12 * 128
     assert all(isinstance(t[k], float) for t in train for k in ("loss", "lr", "dt_ms", "tokens_per_sec", "mfu"))
-    assert all(t["sparsity"] is None for t in train)
+    assert all(t["firing_share"] is None for t in train)
     evals = [r for r in records if r["kind"] == "eval"]
     assert all(e["peak_mem_mb"] > 0 and isinstance(e["val_loss"], float) for e in evals)
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.5, "the loss should fall on a repeating pattern"
@@ -322,16 +322,16 @@ def test_masked_targets_are_the_assistant_tokens_only(tmp_path):
     assert ((y != -1).sum(dim=1) > 0).all()
 
 
-def test_sft_run_uses_the_mask_and_reports_sparsity(tmp_path, capsys):
+def test_sft_run_uses_the_mask_and_reports_the_firing_share(tmp_path, capsys):
     write_tokens(tmp_path / "data" / "chat", mask_fn=lambda t: t % 2 == 0)
     s = tiny(tmp_path, dataset="chat", use_sparse_gate=True, max_iters=4)
     summary = train_bio.train(s)
     out = capsys.readouterr().out
     assert summary["reason"] == "max_iters" and "loss on assistant tokens only" in out
-    assert re.search(r"^iter 3: loss .*, mfu .*, sparsity \d+\.\d%$", out, re.M)
-    assert re.search(r"^step 4: train loss .*, sparsity \d+\.\d%$", out, re.M)
+    assert re.search(r"^iter 3: loss .*, mfu \S+, firing \d+\.\d%$", out, re.M)
+    assert re.search(r"^step 4: train loss .*, firing \d+\.\d%$", out, re.M)
     train = [r for r in metrics(s["out_dir"]) if r["kind"] == "train"]
-    assert all(0.0 <= t["sparsity"] <= 1.0 for t in train)
+    assert all(0.0 <= t["firing_share"] <= 1.0 for t in train)
 
 
 def test_nan_guard_stops_without_touching_the_last_checkpoint(tmp_path):
