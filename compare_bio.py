@@ -324,17 +324,22 @@ def fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-def print_table(rows):
-    header = ["run", "params", "tokens", "iters", "final val", "best val", "tokens/s", "peak MB"]
-    cells = [[r["name"] + ("" if r["status"] == "max_iters" else f" ({r['status']})"), fmt(r["params"], ","), fmt(r["tokens"], ","),
-              fmt(r["iters"], ","), fmt(r["final_val_loss"], ".4f"), fmt(r["best_val_loss"], ".4f"),
-              fmt(r["tokens_per_sec"], ",.0f"), fmt(r["peak_mem_mb"], ",.1f")] for r in rows]
+def print_columns(header, cells):
+    """A text table: the first column left-aligned, the others right-aligned."""
     widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
     line = "  ".join(["{:<%d}" % widths[0]] + ["{:>%d}" % w for w in widths[1:]])
     print(line.format(*header))
     print(line.format(*("-" * w for w in widths)))
     for c in cells:
         print(line.format(*c))
+
+
+def print_table(rows):
+    header = ["run", "params", "tokens", "iters", "final val", "best val", "tokens/s", "peak MB"]
+    cells = [[r["name"] + ("" if r["status"] == "max_iters" else f" ({r['status']})"), fmt(r["params"], ","), fmt(r["tokens"], ","),
+              fmt(r["iters"], ","), fmt(r["final_val_loss"], ".4f"), fmt(r["best_val_loss"], ".4f"),
+              fmt(r["tokens_per_sec"], ",.0f"), fmt(r["peak_mem_mb"], ",.1f")] for r in rows]
+    print_columns(header, cells)
     budgets = {r["tokens"] for r in rows}
     if len(budgets) > 1:
         print("note: the runs saw different numbers of tokens; their losses do not compare like for like")
@@ -418,12 +423,7 @@ def print_seed_summary(groups):
             st = entry["stats"].get(key)
             row.append("-" if st is None else f"{st['mean']:{spec}} +- {fmt(st['sd'], spec)} (n={st['n']})")
         cells.append(row)
-    widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
-    line = "  ".join(["{:<%d}" % widths[0]] + ["{:>%d}" % w for w in widths[1:]])
-    print(line.format(*header))
-    print(line.format(*("-" * w for w in widths)))
-    for c in cells:
-        print(line.format(*c))
+    print_columns(header, cells)
     if len(summary) < 2:
         return summary
     base = summary[0]["name"]

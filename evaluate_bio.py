@@ -45,8 +45,11 @@ def load_eval_model(ckpt="", init_from="", device="cpu"):
     checkpoint file -- resolved by checkpoint_bio.load_model_from, as sample and chat do."""
     if bool(ckpt) == bool(init_from):
         raise UserError("give exactly one model: --ckpt=path/to/ckpt.pt or --init_from=gpt2 (gpt2-medium, ...)")
-    from checkpoint_bio import load_model_from
-    model, _, source = load_model_from(ckpt or init_from, device=device, dropout=0.0)
+    from checkpoint_bio import load_model, load_model_from
+    if ckpt:
+        model, _ = load_model(ckpt, device, dropout=0.0)
+        return model.eval(), ckpt
+    model, _, source = load_model_from(init_from, device=device, dropout=0.0)
     return model.eval(), source
 
 

@@ -21,8 +21,6 @@ layers, which store them as (in, out); our nn.Linear wants (out, in): they are t
 
 import os
 
-import torch
-
 from model_bio import GPT, GPTConfig
 from settings_bio import UserError
 

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import types
 
 import pytest
 import torch
@@ -39,3 +40,25 @@ def require_module(name, install):
         if os.environ.get("CI") == "true":
             pytest.fail(f"{name} is missing under CI ({install})")
         pytest.skip(f"{name} is not installed ({install})")
+
+
+class ScriptedModel(torch.nn.Module):
+    """Writes the given tokens after the prompt whatever it is fed (through the KV cache)."""
+
+    def __init__(self, prompt_len, script, block_size=256):
+        super().__init__()
+        self.config = types.SimpleNamespace(block_size=block_size, vocab_size=50304)
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # the engine finds the device here
+        self.prompt_len, self.script = prompt_len, list(script)
+
+    def new_kv_cache(self):
+        from model_bio import KVCache
+        return KVCache(1, self.config.block_size)
+
+    def forward(self, idx, targets=None, kv_cache=None):
+        length = idx.shape[1] + (kv_cache.pos if kv_cache is not None else 0)
+        if kv_cache is not None:
+            kv_cache.advance(idx.shape[1])
+        logits = torch.zeros(1, 1, self.config.vocab_size)
+        logits[0, 0, self.script[min(length - self.prompt_len, len(self.script) - 1)]] = 1.0
+        return logits, None

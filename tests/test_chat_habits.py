@@ -17,37 +17,16 @@ import torch
 import chat_bio
 import engine_bio
 from checkpoint_bio import checkpoint_dict, save_checkpoint
-from conftest import ROOT, tiny_config
-from model_bio import GPT, KVCache
+from conftest import ROOT, ScriptedModel, tiny_config
+from model_bio import GPT
 from settings_bio import UserError
 from tokenizer_bio import EOT, encode, render_prompt
-
-
-class Scripted(torch.nn.Module):
-    """Writes the given tokens after the prompt, whatever it is fed."""
-
-    def __init__(self, prompt_len, script, block_size=256):
-        super().__init__()
-        self.config = types.SimpleNamespace(block_size=block_size, vocab_size=50304)
-        self.anchor = torch.nn.Parameter(torch.zeros(1))
-        self.prompt_len, self.script = prompt_len, list(script)
-
-    def new_kv_cache(self):
-        return KVCache(1, self.config.block_size)
-
-    def forward(self, idx, targets=None, kv_cache=None):
-        length = idx.shape[1] + (kv_cache.pos if kv_cache is not None else 0)
-        if kv_cache is not None:
-            kv_cache.advance(idx.shape[1])
-        logits = torch.zeros(1, 1, self.config.vocab_size)
-        logits[0, 0, self.script[min(length - self.prompt_len, len(self.script) - 1)]] = 1.0
-        return logits, None
 
 
 def test_reply_ends_where_the_model_starts_a_user_turn():
     script = encode("Sure, here it is.") + encode("\n<|user|>\nand now I ask myself") + [EOT]
     prompt_len = len(render_prompt([{"role": "user", "content": "Help?"}]))
-    chat = chat_bio.Chat(Scripted(prompt_len, script), max_new_tokens=40, temperature=0)
+    chat = chat_bio.Chat(ScriptedModel(prompt_len, script), max_new_tokens=40, temperature=0)
     written = []
     assert chat.respond("Help?", written.append) == "Sure, here it is."
     assert "".join(written) == "Sure, here it is." and not any("<" in piece for piece in written)
@@ -57,7 +36,7 @@ def test_reply_ends_where_the_model_starts_a_user_turn():
 def test_history_keeps_replies_stripped_as_the_original():
     script = encode("  Hi there \n") + encode("\n<|/assistant|>") + [EOT]
     prompt_len = len(render_prompt([{"role": "user", "content": "Hi"}]))
-    chat = chat_bio.Chat(Scripted(prompt_len, script), max_new_tokens=20, temperature=0)
+    chat = chat_bio.Chat(ScriptedModel(prompt_len, script), max_new_tokens=20, temperature=0)
     assert chat.respond("Hi", lambda piece: None) == "  Hi there \n"
     assert chat.history == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hi there"}]
     original = ("<|user|>\nHi\n<|/user|>\n<|assistant|>\nHi there\n<|/assistant|>\n"
@@ -75,7 +54,7 @@ def test_a_partial_user_tag_is_held_back_until_it_is_known():
 
 def test_bare_and_slash_commands_as_in_the_original():
     for quit_word in ("quit", "exit", "/quit", "/exit", "QUIT", "Exit"):
-        chat = chat_bio.Chat(Scripted(1, [EOT]), max_new_tokens=4, temperature=0)
+        chat = chat_bio.Chat(ScriptedModel(1, [EOT]), max_new_tokens=4, temperature=0)
         chat.history = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
         lines = iter(["clear", quit_word, "never read"])
         out = []
@@ -108,14 +87,14 @@ def test_repetition_window_limits_what_is_penalised(monkeypatch):
     monkeypatch.setattr(engine_bio, "apply_repetition_penalty",
                         lambda logits, ids, penalty: seen.append(list(ids)) or real(logits, ids, penalty))
     prompt = list(range(1, 21))
-    list(engine_bio.generate(Scripted(20, [7, 8, 9]), prompt, 3, temperature=0, repetition_penalty=1.5,
+    list(engine_bio.generate(ScriptedModel(20, [7, 8, 9]), prompt, 3, temperature=0, repetition_penalty=1.5,
                              repetition_window=4))
     assert seen == [[17, 18, 19, 20], [18, 19, 20, 7], [19, 20, 7, 8]]
     seen.clear()
-    list(engine_bio.generate(Scripted(20, [7]), prompt, 1, temperature=0, repetition_penalty=1.5))
+    list(engine_bio.generate(ScriptedModel(20, [7]), prompt, 1, temperature=0, repetition_penalty=1.5))
     assert seen == [prompt]  # 0: the whole context, as before
     with pytest.raises(UserError, match="repetition_window"):
-        list(engine_bio.generate(Scripted(20, [7]), prompt, 1, repetition_window=-1))
+        list(engine_bio.generate(ScriptedModel(20, [7]), prompt, 1, repetition_window=-1))
 
 
 @pytest.fixture(scope="module")

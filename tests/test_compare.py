@@ -176,10 +176,11 @@ use_rope = {bio}
 """
 
 
-def test_run_trains_two_configs(tmp_path):
+def tiny_configs(tmp_path, data_seed):
+    """A random-token dataset and two tiny config files, oscillating and GELU; their paths."""
     data = tmp_path / "data" / "tiny"
     data.mkdir(parents=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(data_seed)
     rng.integers(0, 64, 3000, dtype=np.uint16).tofile(data / "train.bin")
     rng.integers(0, 64, 600, dtype=np.uint16).tofile(data / "val.bin")
     configs = []
@@ -187,6 +188,11 @@ def test_run_trains_two_configs(tmp_path):
         path = tmp_path / f"{name}.py"
         path.write_text(TINY.format(data_root=str(tmp_path / "data"), bio=bio))
         configs.append(str(path))
+    return configs
+
+
+def test_run_trains_two_configs(tmp_path):
+    configs = tiny_configs(tmp_path, data_seed=0)
     out_root = tmp_path / "runs"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "compare_bio.py"), "--run", *configs,
                         "--max_iters=6", "--seed=7", f"--out_root={out_root}"],
@@ -297,16 +303,7 @@ def test_zero_seeds_is_one_clear_error(tmp_path):
 
 
 def test_run_with_two_seeds(tmp_path):
-    data = tmp_path / "data" / "tiny"
-    data.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    rng.integers(0, 64, 3000, dtype=np.uint16).tofile(data / "train.bin")
-    rng.integers(0, 64, 600, dtype=np.uint16).tofile(data / "val.bin")
-    configs = []
-    for name, bio in (("tiny_bio", True), ("tiny_gelu", False)):
-        path = tmp_path / f"{name}.py"
-        path.write_text(TINY.format(data_root=str(tmp_path / "data"), bio=bio))
-        configs.append(str(path))
+    configs = tiny_configs(tmp_path, data_seed=1)
     out_root = tmp_path / "runs"
     r = subprocess.run([sys.executable, os.path.join(ROOT, "compare_bio.py"), "--run", *configs, "--max_iters=3",
                         "--seed=40", "--seeds=2", f"--out_root={out_root}"],

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -18,8 +17,8 @@ import torch
 import chat_bio
 import sample_bio
 from checkpoint_bio import checkpoint_dict, save_checkpoint
-from conftest import ROOT, tiny_config
-from model_bio import GPT, KVCache
+from conftest import ROOT, ScriptedModel, tiny_config
+from model_bio import GPT
 from tokenizer_bio import ASSISTANT_END, EOT, decode, encode, get_tokenizer, render_prompt
 
 BLOCK = 64
@@ -155,33 +154,12 @@ def test_chat_piped_gives_one_line_per_message(runs):
 
 # --- in-process: the streaming path and chat's parts ---------------------------------
 
-class ScriptedModel(torch.nn.Module):
-    """Writes the given tokens after the prompt whatever it is fed (through the KV cache)."""
-
-    def __init__(self, prompt_len, script, block_size=BLOCK):
-        super().__init__()
-        self.config = SimpleNamespace(block_size=block_size, vocab_size=50304)
-        self.anchor = torch.nn.Parameter(torch.zeros(1))  # the engine finds the device here
-        self.prompt_len, self.script = prompt_len, list(script)
-
-    def new_kv_cache(self):
-        return KVCache(1, self.config.block_size)
-
-    def forward(self, idx, targets=None, kv_cache=None):
-        length = idx.shape[1] + (kv_cache.pos if kv_cache is not None else 0)
-        if kv_cache is not None:
-            kv_cache.advance(idx.shape[1])
-        logits = torch.zeros(1, 1, self.config.vocab_size)
-        logits[0, 0, self.script[min(length - self.prompt_len, len(self.script) - 1)]] = 1.0
-        return logits, None
-
-
 def test_streamed_sample_equals_decode_of_all_tokens_with_split_characters():
     prompt = encode("Emoji split over tokens: 🙂")
     script = encode(" 日本語 and 🙂 — é")
     assert any(not_whole(t) for t in script), "the script must split characters across tokens"
     pieces = []
-    new = sample_bio.stream_sample(ScriptedModel(len(prompt), script), prompt, pieces.append,
+    new = sample_bio.stream_sample(ScriptedModel(len(prompt), script, block_size=BLOCK), prompt, pieces.append,
                                    max_new_tokens=len(script), temperature=0)
     assert new == script
     assert "".join(pieces) == decode(prompt + script)
