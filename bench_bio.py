@@ -177,41 +177,90 @@ SECTIONS["compiled"] = bench_compiled
 
 
 def bench_gpu_124m(quick):
-    """Tokens/s and MFU of the published 124M config in mixed precision on a CUDA GPU (skipped
-    without one). The micro-batch is the largest of 16 (4 quick), 8, 4, 2, 1 sequences of 1,024
-    that fits the card (gpu_bio's batch search), so an 8 GB card reports instead of failing."""
+    """The published 124M config in mixed precision on a CUDA GPU (skipped without one): tokens/s,
+    MFU and peak memory of Wiggle and GELU, eager and compiled, and the Wiggle/GELU ratios."""
     if not torch.cuda.is_available():
         return [("124M training on GPU", "skipped", "-", "no CUDA GPU on this machine")]
+    from model_bio import GPTConfig
+    return training_figures("cuda", GPTConfig(), 4 if quick else 16, 3 if quick else 10)
+
+
+def training_figures(device, config, max_batch, repeats, compiled=(False, True)):
+    """Train-step figures of one shape with the oscillating MLP and with GELU. The micro-batch is
+    the largest of max_batch, max_batch/2, ... that fits the card with the Wiggle model (gpu_bio's
+    batch search), so an 8 GB card reports instead of failing; both MLPs then run that batch.
+    The models are measured one after the other (two 124M models with AdamW states would not fit
+    an 8 GB card together), each on its own fresh memory peak."""
+    import dataclasses
+
     import gpu_bio
-    from model_bio import GPT, GPTConfig
+    from model_bio import GPT
     from settings_bio import autocast_for, pick_dtype
-    dtype = pick_dtype("auto", "cuda")
-    autocast = autocast_for("cuda", dtype)
-    model = GPT(GPTConfig()).cuda()
-    T = model.config.block_size
-    B, checkpointing = gpu_bio.auto_batch(model, T, 4 if quick else 16, dtype, "cuda", autocast, False,
-                                          log=lambda line: print(f"  gpu_124m: {line}", flush=True))
-    opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cuda")
-    idx = torch.randint(0, model.config.vocab_size, (B, T), device="cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=(dtype == "float16"))
+    dtype = pick_dtype("auto", device)
+    autocast = autocast_for(device, dtype)
+    cuda = device.startswith("cuda")
+    T = config.block_size
+    peak, source = gpu_bio.resolve_peak_flops(0, device)
+    B, checkpointing = None, False
 
-    def step():
-        with autocast:
-            _, loss = model(idx, idx)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()  # time the GPU work, not the launch
+    def measure(bio):
+        """{compiled: (tokens/s, MFU or None, peak MB)} of one MLP kind; its model is freed on return."""
+        nonlocal B, checkpointing
+        torch.manual_seed(0)
+        model = GPT(dataclasses.replace(config, use_bio_mlp=bio)).to(device)
+        if B is None:
+            B, checkpointing = gpu_bio.auto_batch(model, T, max_batch, dtype, device, autocast, False,
+                                                  log=lambda line: print(f"  training_figures: {line}", flush=True))
+        model.config.gradient_checkpointing = checkpointing
+        opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device.split(":")[0])
+        idx = torch.randint(0, model.config.vocab_size, (B, T), device=device)
+        scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
+        out = {}
+        for compile_it in compiled:
+            forward = torch.compile(model) if compile_it else model
 
-    dt = median_seconds(step, 3 if quick else 10, warmup=2)
+            def step():
+                with autocast:
+                    _, loss = forward(idx, idx)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                if cuda:
+                    torch.cuda.synchronize()  # time the GPU work, not the launch
+
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            dt = median_seconds(step, repeats, warmup=2)  # compiling happens in the warm-up
+            memory = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
+            out[compile_it] = (B * T / dt, model.estimate_mfu(B * T, dt, peak, T) if peak else None, memory)
+        return out
+
+    figures = {}
+    for mlp, bio in (("Wiggle", True), ("GELU", False)):
+        for compile_it, values in measure(bio).items():
+            figures[mlp, compile_it] = values
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()  # the next model starts from an empty card
     shape = f"{dtype}, B={B}, T={T}" + (", gradient checkpointing" if checkpointing else "")
-    rows = [("124M training tokens/s (GPU)", f"{B * T / dt:,.0f}", "-", shape)]
-    peak, source = gpu_bio.resolve_peak_flops(0, "cuda")
+    rows = []
+    for compile_it in compiled:
+        how = "compiled" if compile_it else "eager"
+        for mlp in ("Wiggle", "GELU"):
+            tokens, mfu, memory = figures[mlp, compile_it]
+            mfu_text = f"{mfu * 100:.1f}%" if mfu is not None else "unknown"
+            rows.append((f"124M {mlp} {how} training tokens/s (GPU)", f"{tokens:,.0f}",
+                         ">= 40% MFU on an H100" if compile_it and mlp == "Wiggle" else "-",
+                         f"{shape}; MFU {mfu_text}; peak {memory:,.0f} MB"))
+        ratio = figures["Wiggle", compile_it][0] / figures["GELU", compile_it][0]
+        rows.append((f"124M tokens/s Wiggle / GELU, {how} (GPU)", f"{ratio:.2f}x",
+                     ">= 0.95x" if compile_it else "-", shape))
     if peak is None:
-        return rows + [("124M MFU (GPU)", "unknown", "-", gpu_bio.unknown_peak_hint("cuda"))]
-    mfu = model.estimate_mfu(B * T, dt, peak, T)
-    return rows + [("124M MFU (GPU)", f"{mfu * 100:.1f}%", "-", f"of {peak / 1e12:.1f} TFLOP/s ({source})")]
+        rows.append(("124M MFU (GPU)", "unknown", "-", gpu_bio.unknown_peak_hint(device)))
+    else:
+        rows.append(("124M MFU peak used", f"{peak / 1e12:.1f} TFLOP/s", "-", source))
+    return rows
 
 
 SECTIONS["gpu_124m"] = bench_gpu_124m

@@ -110,6 +110,10 @@ def test_batch_search_backs_off_from_a_real_out_of_memory():
 
 def test_gpu_benchmark_section_fits_the_card():
     import bench_bio
-    throughput, mfu = bench_bio.bench_gpu_124m(quick=True)
-    assert float(throughput[1].replace(",", "")) > 0 and re.search(r"B=\d+, T=1024", throughput[3])
-    assert mfu[1] == "unknown" if gpu_bio.peak_flops_for(torch.cuda.get_device_name()) is None else mfu[1].endswith("%")
+    rows = {row[0]: row for row in bench_bio.bench_gpu_124m(quick=True)}
+    for how in ("eager", "compiled"):
+        for mlp in ("Wiggle", "GELU"):
+            what, tokens, _, detail = rows[f"124M {mlp} {how} training tokens/s (GPU)"]
+            assert float(tokens.replace(",", "")) > 0 and re.search(r"B=\d+, T=1024", detail)
+            assert ("MFU unknown" in detail) == (gpu_bio.peak_flops_for(torch.cuda.get_device_name()) is None)
+        assert rows[f"124M tokens/s Wiggle / GELU, {how} (GPU)"][1].endswith("x")

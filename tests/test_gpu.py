@@ -238,3 +238,17 @@ def test_processes_agree_on_the_smallest_micro_batch(tmp_path):
         results = manager.dict()
         torch.multiprocessing.spawn(_agree, args=(2, str(tmp_path / "init"), found, results), nprocs=2)
         assert results[0] == results[1] == [(4, False), (2, True)]
+
+
+def test_training_figures_report_both_mlps_and_their_ratio_on_the_cpu():
+    """The GPU section's measurement, run on the CPU with a tiny shape (eager only: compiling
+    two models would cost the suite half a minute; test_compile covers compiled training)."""
+    rows = {row[0]: row for row in bench_bio.training_figures("cpu", tiny_config(vocab_size=64), 2, 1,
+                                                              compiled=(False,))}
+    for mlp in ("Wiggle", "GELU"):
+        what, tokens, _, detail = rows[f"124M {mlp} eager training tokens/s (GPU)"]
+        assert float(tokens.replace(",", "")) > 0 and "T=32" in detail
+    wiggle = float(rows["124M Wiggle eager training tokens/s (GPU)"][1].replace(",", ""))
+    gelu = float(rows["124M GELU eager training tokens/s (GPU)"][1].replace(",", ""))
+    ratio = rows["124M tokens/s Wiggle / GELU, eager (GPU)"][1]
+    assert ratio.endswith("x") and abs(float(ratio[:-1]) - wiggle / gelu) <= 0.006  # both printed rounded
