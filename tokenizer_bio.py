@@ -70,9 +70,10 @@ class InvalidConversation(ValueError):
         self.reason = reason
 
 
-def _checked_messages(messages, need_assistant, keep_empty_system=False):
-    """Validate messages and return them as (role, content) pairs; empty system prompts are
-    dropped unless keep_empty_system (the published fine-tune saw them as an empty turn)."""
+def _checked_messages(messages, need_assistant, keep_empty=False):
+    """Validate messages and return them as (role, content) pairs. Empty (or whitespace-only)
+    contents: with keep_empty they stay turns as they are (the published fine-tune's data kept
+    them); otherwise an empty system prompt is dropped and any other empty message refused."""
     if not isinstance(messages, (list, tuple)) or not messages:
         raise InvalidConversation("no messages")
     turns = []
@@ -83,10 +84,8 @@ def _checked_messages(messages, need_assistant, keep_empty_system=False):
         content = message.get("content")
         if not isinstance(content, str):
             raise InvalidConversation("non-string content", f"message {i} content is {type(content).__name__}")
-        if not content.strip():
+        if not content.strip() and not keep_empty:
             if role == "system":  # many datasets carry an empty system prompt: it says nothing
-                if keep_empty_system:
-                    turns.append((role, content))
                 continue
             raise InvalidConversation("empty content", f"message {i} ({role}) is empty")
         turns.append((role, content))
@@ -127,12 +126,15 @@ def render_conversation(messages, max_tokens=1024, loss_on="assistant"):
     tag ends in ">" and what follows is "\n" or EOT. loss_on="all": every token is learned,
     EOT included, as in the published run.
 
-    Raises InvalidConversation (a ValueError) with .reason in: 'no messages', 'unknown role',
-    'non-string content', 'empty content', 'no assistant turn'.
+    Empty and whitespace-only messages stay turns, as in the original. Raises
+    InvalidConversation (a ValueError) with .reason in: 'no messages', 'unknown role',
+    'non-string content', and 'no assistant turn' (loss_on="assistant" only).
     """
     if loss_on not in ("assistant", "all"):
         raise ValueError(f"loss_on={loss_on!r}; use 'assistant' or 'all'")
-    turns = _checked_messages(messages, need_assistant=True, keep_empty_system=True)
+    # loss on every token trains on any conversation, as the published run did; loss on the
+    # assistant only needs an assistant turn to learn from
+    turns = _checked_messages(messages, need_assistant=(loss_on == "assistant"), keep_empty=True)
     text = "".join(_turn_text(role, content) for role, content in turns).strip()
     ids = encode(text)
     if max_tokens:

@@ -108,7 +108,6 @@ def test_empty_system_prompt_is_kept_for_training_and_dropped_in_prompts():
     (["just a string"], "unknown role"),
     ([{"role": "user", "content": None}, {"role": "assistant", "content": "y"}], "non-string content"),
     ([{"role": "user", "content": ["a"]}, {"role": "assistant", "content": "y"}], "non-string content"),
-    ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "  \n"}], "empty content"),
     ([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}], "no assistant turn"),
 ])
 def test_invalid_conversations_name_their_reason(messages, reason):
@@ -116,6 +115,20 @@ def test_invalid_conversations_name_their_reason(messages, reason):
         tk.render_conversation(messages)
     assert raised.value.reason == reason
     assert str(raised.value).startswith(reason)
+
+
+def test_empty_and_blank_messages_stay_turns_as_in_the_published_data():
+    messages = [{"role": "user", "content": "  \n"}, {"role": "assistant", "content": ""},
+                {"role": "user", "content": "hi"}, {"role": "assistant", "content": "\n\n"}]
+    text = "<|user|>\n  \n\n<|/user|>\n<|assistant|>\n\n<|/assistant|>\n<|user|>\nhi\n<|/user|>\n" \
+           "<|assistant|>\n\n\n\n<|/assistant|>\n"
+    ids, mask = tk.render_conversation(messages)
+    assert ids == tk.get_tokenizer().encode_ordinary(text.strip()) + [tk.EOT]
+    assert sum(mask) > 0
+    # loss on every token: a conversation without a reply is trained on too, as the original did
+    only_user = [{"role": "user", "content": "anyone?"}]
+    ids, mask = tk.render_conversation(only_user, loss_on="all")
+    assert ids == tk.encode("<|user|>\nanyone?\n<|/user|>") + [tk.EOT] and all(mask)
 
 
 def test_prompt_needs_no_assistant_turn_but_checks_the_rest():
