@@ -36,7 +36,8 @@ PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_web.html")
 INSTALL = "pip install -r requirements-optional.txt"
 MAX_BODY_BYTES = 1 << 20  # far above any conversation a context of a few thousand tokens can use
 MAX_MESSAGES = 1000
-OPTIONS = ("temperature", "top_k", "top_p", "repetition_penalty", "max_new_tokens", "seed")
+SAMPLING = ("temperature", "top_k", "top_p", "repetition_penalty", "repetition_window")  # engine_bio.generate's
+OPTIONS = SAMPLING + ("max_new_tokens", "seed")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 KEEPALIVE_S = 5.0  # a comment line while a reply waits its turn keeps proxies from timing out
 JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
@@ -81,7 +82,9 @@ def parse_json(body):
 
 
 def read_messages(messages):
-    """Check the conversation; return (system prompt, the other messages)."""
+    """Check the conversation; return (system prompt, the other messages). User and assistant
+    texts are stripped, as the terminal chat strips what is typed and keeps replies stripped,
+    so a page's conversation gives the prompt the terminal's would, id for id."""
     if messages is None:
         raise BadRequest("missing 'messages': a list of {\"role\": ..., \"content\": ...}")
     if not isinstance(messages, list):
@@ -104,20 +107,19 @@ def read_messages(messages):
             raise BadRequest(f"message {i} ({role}) is empty")
     if messages[-1]["role"] != "user":
         raise BadRequest("the last message must be the user's (the one to answer)")
-    if messages[0]["role"] == "system":
-        return messages[0]["content"], messages[1:]
-    return "", messages
+    system = messages[0]["content"] if messages[0]["role"] == "system" else ""
+    return system, [{"role": m["role"], "content": m["content"].strip()} for m in messages if m["role"] != "system"]
 
 
 def read_options(data, defaults, block_size):
     """The sampling options: the chat's defaults, replaced by those the request gives."""
     options = {key: data.get(key, defaults[key]) for key in OPTIONS}
     seed, max_new_tokens = options["seed"], options["max_new_tokens"]
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or seed < 0):
-        raise BadRequest(f"seed must be a whole number >= 0 or null, got {seed!r}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
+        raise BadRequest(f"seed must be a whole number in [0, 2**63) or null, got {seed!r}")
     try:
         check_options(max_new_tokens, options["temperature"], options["top_k"], options["top_p"],
-                      options["repetition_penalty"])
+                      options["repetition_penalty"], options["repetition_window"])
     except UserError as e:
         raise BadRequest(str(e)) from None
     if not 1 <= max_new_tokens < block_size:
@@ -249,7 +251,7 @@ class ReplyWorker:
             finally:
                 tokens.close()
 
-        sampling = {key: options[key] for key in ("temperature", "top_k", "top_p", "repetition_penalty")}
+        sampling = {key: options[key] for key in SAMPLING}
         tokens = generate(chat.model, reply.ids, options["max_new_tokens"], stop_tokens=(EOT,),
                           seed=options["seed"], vocab_size=VOCAB_SIZE, cache=chat.cache,
                           autocast=chat.autocast, **sampling)
@@ -308,7 +310,8 @@ def create_app(chat, name):
     get_tokenizer()  # built once now, not by the first request
     worker = ReplyWorker(chat)
     block_size = unwrap(chat.model).config.block_size
-    defaults = {"system": chat.system, "max_new_tokens": chat.max_new_tokens, "seed": chat.seed, **chat.sampling}
+    defaults = {"system": chat.system, "max_new_tokens": chat.max_new_tokens, "seed": chat.seed,
+                "repetition_window": 0, **chat.sampling}  # 0: the whole context, as in engine_bio
     info = {**model_info(chat, name), "defaults": defaults,
             "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_messages": MAX_MESSAGES}}
     with open(PAGE, encoding="utf-8") as f:

@@ -133,7 +133,9 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits / temperature
+    # the max subtracted first: a tiny temperature then sharpens toward argmax instead of
+    # overflowing to inf (and NaN probabilities)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k:
         logits = top_k_filter(logits, top_k)
     if top_p is not None and top_p < 1.0:

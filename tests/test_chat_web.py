@@ -113,8 +113,8 @@ def user(text):
 def conversation(turns):
     out = []
     for i in range(turns):
-        out += [user(f"question number {i} " * (1 + i % 4)),
-                {"role": "assistant", "content": f"answer number {i} " * (1 + i % 3)}]
+        out += [user((f"question number {i} " * (1 + i % 4)).strip()),
+                {"role": "assistant", "content": (f"answer number {i} " * (1 + i % 3)).strip()}]
     return out
 
 
@@ -146,7 +146,7 @@ def test_info_reports_the_model_and_the_terminal_defaults(model):
     info = TestClient(chat_web_bio.create_app(chat, "out/ckpt.pt")).get("/api/info").json()
     assert info["status"] == "ok" and info["model"] == "out/ckpt.pt" and info["busy"] == 0
     assert info["parameters"] == model.get_num_params() and info["context"] == BLOCK
-    assert info["defaults"] == {"system": "", "max_new_tokens": 64, "seed": None, **defaults}
+    assert info["defaults"] == {"system": "", "max_new_tokens": 64, "seed": None, "repetition_window": 0, **defaults}
 
 
 def test_page_is_self_contained_and_never_renders_model_text_as_html(client):
@@ -156,6 +156,15 @@ def test_page_is_self_contained_and_never_renders_model_text_as_html(client):
     assert "connect-src 'self'" in response.headers["content-security-policy"]
     assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page)  # no CDN, works offline
     assert "innerHTML" not in page and "insertAdjacentHTML" not in page and "textContent" in page
+
+
+def test_messages_are_stripped_as_the_terminal_chat_does(client):
+    """Typed text is stripped and replies are kept stripped in the terminal: the same prompt here."""
+    padded = [user("  hello there \n"), {"role": "assistant", "content": "\nhi!  "}, user("\tand now? ")]
+    plain = [user("hello there"), {"role": "assistant", "content": "hi!"}, user("and now?")]
+    starts = [parse_events(client.post("/api/chat", json={"messages": m, "max_new_tokens": 1}).text)[0][1]
+              for m in (padded, plain)]
+    assert starts[0]["prompt_tokens"] == starts[1]["prompt_tokens"] == len(render_prompt(plain))
 
 
 def test_long_conversations_are_trimmed_like_the_terminal_chat(client):
@@ -582,3 +591,12 @@ def test_the_page_in_a_real_browser(tmp_path):
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     if os.environ.get("CHAT_WEB_SCREENSHOT"):  # to refresh docs/chat_web.png
         shutil.copy(tmp_path / "chat_web.png", os.environ["CHAT_WEB_SCREENSHOT"])
+
+
+def test_repetition_window_is_a_sampling_option_like_in_the_terminal(client):
+    ok = client.post("/api/chat", json={"messages": [user("hi")], "repetition_window": 5, "max_new_tokens": 2})
+    assert ok.status_code == 200 and parse_events(ok.text)[-1][0] == "done"
+    bad = client.post("/api/chat", json={"messages": [user("hi")], "repetition_window": -1})
+    assert bad.status_code == 400 and "repetition_window" in bad.json()["error"]
+    huge_seed = client.post("/api/chat", json={"messages": [user("hi")], "seed": 2**70})
+    assert huge_seed.status_code == 400 and "seed" in huge_seed.json()["error"]

@@ -235,3 +235,10 @@ def test_stream_text_closes_the_token_generator_at_a_stop():
 
     assert "".join(stream_text(tokens(), ("<|/assistant|>",))) == "abc"
     assert state["closed"]
+
+
+def test_a_tiny_temperature_sharpens_toward_greedy_instead_of_overflowing():
+    from engine_bio import sample_next
+    logits = torch.tensor([[1.0, 3.0, 2.0, -50.0]])
+    for temperature in (1e-45, 1e-30, 1e-6):
+        assert sample_next(logits, temperature=temperature, generator=torch.Generator().manual_seed(0)).item() == 1
