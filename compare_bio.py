@@ -122,12 +122,6 @@ def timeline(records):
     return dict(start=start, end=end, **{kind: [by_iter[i] for i in sorted(by_iter)] for kind, by_iter in kept.items()})
 
 
-def current_timeline(records):
-    """(start, train, eval, end) of timeline(records)."""
-    t = timeline(records)
-    return t["start"], t["train"], t["eval"], t["end"]
-
-
 def finite(values):
     return [v for v in values if isinstance(v, (int, float)) and v == v and abs(v) != float("inf")]
 

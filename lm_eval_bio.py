@@ -127,8 +127,12 @@ def model_class():
             pairs = []
             for request in requests:
                 context, continuation = split_trailing_space(*request.args)
-                ctx_ids = tokenizer_bio.encode(context) if context else [tokenizer_bio.EOT]
-                cont_ids = tokenizer_bio.encode(continuation)
+                if context:  # as the harness's own models: encode the whole, then split off the
+                    # context's length, so BPE merges across the join as in running text
+                    ctx_ids = tokenizer_bio.encode(context)
+                    cont_ids = tokenizer_bio.encode(context + continuation)[len(ctx_ids):]
+                else:
+                    ctx_ids, cont_ids = [tokenizer_bio.EOT], tokenizer_bio.encode(continuation)
                 if not cont_ids:
                     raise UserError(f"empty continuation to score after {context[-40:]!r}")
                 whole = (ctx_ids + cont_ids)[-(self.block_size + 1):]  # a long context keeps its end

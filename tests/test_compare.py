@@ -90,7 +90,8 @@ def test_unfinished_run_and_bad_records(tmp_path):
 
 
 def test_resumed_run_keeps_only_its_final_timeline(runs):
-    start_rec, trains, evals, end = compare_bio.current_timeline(compare_bio.read_metrics(runs[1]))
+    t = compare_bio.timeline(compare_bio.read_metrics(runs[1]))
+    start_rec, trains, evals, end = t["start"], t["train"], t["eval"], t["end"]
     assert start_rec["iter"] == 5 and end["iter"] == 10
     assert [t["iter"] for t in trains] == list(range(10))
     assert [t["loss"] for t in trains[5:]] == [3.0] * 5  # the resumed process's values, not the lost 9.0s
