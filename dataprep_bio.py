@@ -533,10 +533,14 @@ def top_up_val(out_dir, with_mask, stats, min_val_tokens, save_progress):
         with open(os.path.join(out_dir, partial_name(src)), "rb") as f:
             f.seek(cut * width)
             moved = f.read()
-        with open(os.path.join(out_dir, partial_name(dst)), "ab") as f:
-            f.write(moved)
-            f.flush()
-            os.fsync(f.fileno())
+        path = os.path.join(out_dir, partial_name(dst))
+        try:  # a full disk here: --resume cuts val back to its recorded size and moves again
+            with open(path, "ab") as f:
+                f.write(moved)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise write_error(path, e, "free some space, then run again with --resume") from None
     tokens = os.path.getsize(train_path) // 2 - cut
     stats["moved_to_val"] = len(starts)
     stats["docs"]["train"] -= len(starts)

@@ -152,9 +152,16 @@ def needed_bytes(estimate, batch_size, checkpointing):
 
 
 def free_memory(device):
-    """(free bytes, total bytes) of the device; for the CPU the available RAM (Linux), else None."""
+    """(free bytes, total bytes) of the device; for the CPU the available RAM (Linux: MemAvailable,
+    which counts the page cache the kernel gives back; free RAM alone undercounts), else None."""
     if device.startswith("cuda"):
         return torch.cuda.mem_get_info(cuda_index(device))
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.strip().endswith("kB")}
+        return info["MemAvailable"], info["MemTotal"]
+    except (OSError, KeyError, ValueError, IndexError):
+        pass
     try:
         page = os.sysconf("SC_PAGE_SIZE")
         return os.sysconf("SC_AVPHYS_PAGES") * page, os.sysconf("SC_PHYS_PAGES") * page

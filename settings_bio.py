@@ -192,8 +192,8 @@ def pick_device(requested="auto"):
         if not torch.cuda.is_available():
             raise UserError(f"device={requested} asked for, but this machine has no CUDA GPU "
                             "(or torch is the CPU build); use --device=cpu or install the CUDA build")
-        index = requested.partition(":")[2]
-        if index and not index.isdigit():
+        has_index, index = requested.startswith("cuda:"), requested.partition(":")[2]
+        if has_index and not index.isdigit():
             raise UserError(f"device={requested}: the GPU number must be a whole number, as in cuda:0")
         count = torch.cuda.device_count()
         if index and int(index) >= count:

@@ -529,7 +529,7 @@ def save_run(path_dir, raw_model, optimizer, scaler, s, state, rngs, d, best):
     ckpt = checkpoint_bio.checkpoint_dict(
         raw_model, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), train_config=dict(vars(s)),
         iter_num=state.iter_num, best_val_loss=float(state.best_val_loss), tokens=state.tokens,
-        last_eval_iter=state.last_eval_iter, rng={k: v for k, v in rngs[0].items() if k != "sampler"},
+        last_eval_iter=state.last_eval_iter, last_hellaswag_iter=state.last_hellaswag_iter, rng={k: v for k, v in rngs[0].items() if k != "sampler"},
         sampler={"generator": rngs[0]["sampler"], "world_size": d.world},
         rank_states=rngs if d.ddp else None, wandb_run_id=state.wandb_run_id)
     path = os.path.join(path_dir, "ckpt.pt")
@@ -614,6 +614,7 @@ class RunState:
     tokens: int = 0
     last_eval_iter: int = -1
     wandb_run_id: str = None
+    last_hellaswag_iter: int = -1
 
 
 @dataclass
@@ -704,7 +705,8 @@ def restore(run, ckpt):
         run.scaler.load_state_dict(ckpt["scaler"])
     run.state = RunState(ckpt["iter_num"], float(ckpt.get("best_val_loss", float("inf"))),
                          int(ckpt.get("tokens", ckpt["iter_num"] * run.tokens_per_iter)),
-                         int(ckpt.get("last_eval_iter", -1)), ckpt.get("wandb_run_id"))
+                         int(ckpt.get("last_eval_iter", -1)), ckpt.get("wandb_run_id"),
+                         int(ckpt.get("last_hellaswag_iter", -1)))
     # one snapshot per process: rank_states under torchrun; a plain run saves its own as rng + sampler
     snaps = ckpt.get("rank_states") or ([{**ckpt["rng"], "sampler": ckpt["sampler"]["generator"]}]
                                         if "rng" in ckpt else [])
@@ -817,6 +819,7 @@ def score_hellaswag(run):
                                           device=run.data.device), d)  # float32: MPS has no float64
     correct, correct_norm, n = (round(c * d.world) for c in counts.tolist())
     acc, acc_norm = correct / n, correct_norm / n
+    state.last_hellaswag_iter = state.iter_num
     print0(d, f"step {state.iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} ({n:,} examples)")
     if d.master:
         write_metrics(s.out_dir, {"kind": "hellaswag", "iter": state.iter_num, "acc": acc, "acc_norm": acc_norm,
@@ -932,18 +935,18 @@ def _train(s, d, device):
 
     profiling = start_memory_profile(s, d, device)
     reason, nan_streak, last_val, last_good = "max_iters", 0, float("nan"), None
-    first_iter = state.iter_num  # a resumed run has scored HellaSwag here already
     with StopSignals() as stop:
         while True:
             lr = learning_rate_at(state.iter_num, s)
             at_end = state.iter_num >= s.max_iters
-            # evaluate (and save) every eval_interval and at the end; not twice for one state
+            # score HellaSwag, then evaluate (and save, so the checkpoint knows HellaSwag was
+            # scored here), every interval and at the end; never twice for one state
+            if (s.hellaswag_interval and (state.iter_num % s.hellaswag_interval == 0 or at_end)
+                    and state.last_hellaswag_iter != state.iter_num):
+                score_hellaswag(run)
             if (state.iter_num % s.eval_interval == 0 or at_end) and state.last_eval_iter != state.iter_num:
                 last_val, path = eval_and_save(run, lr, at_end)
                 last_good = path or last_good
-            if (s.hellaswag_interval and (state.iter_num % s.hellaswag_interval == 0 or at_end)
-                    and (state.iter_num != first_iter or first_iter == 0)):
-                score_hellaswag(run)
             if at_end:
                 break
 

@@ -85,8 +85,9 @@ def test_cuda_device_number_is_checked(monkeypatch):
     assert pick_device("cuda:1") == "cuda:1" and pick_device("cuda") == "cuda"
     with pytest.raises(UserError, match=r"device=cuda:7 asked for, but this machine has 2 GPU\(s\): cuda:0 to cuda:1"):
         pick_device("cuda:7")
-    with pytest.raises(UserError, match="whole number"):
-        pick_device("cuda:first")
+    for wrong in ("cuda:first", "cuda:"):
+        with pytest.raises(UserError, match="whole number"):
+            pick_device(wrong)
     with pytest.raises(UserError, match="unknown device"):
         pick_device("cudax")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -70,6 +70,18 @@ def test_training_logs_bpb_and_hellaswag(tmp_path):
     hs = [x for x in records(tmp_path) if x["kind"] == "hellaswag"]
     assert [x["iter"] for x in hs] == [0, 2, 4, 5, 6]  # not twice at 5
 
+    # a checkpoint saved before HellaSwag ran at its iteration (Ctrl-C) scores it on resume
+    import checkpoint_bio
+    path = str(tmp_path / "out" / "ckpt.pt")
+    ckpt = checkpoint_bio.load_checkpoint(path)
+    assert ckpt["last_hellaswag_iter"] == 6
+    ckpt["last_hellaswag_iter"] = 4
+    checkpoint_bio.save_checkpoint(ckpt, path)
+    r = train_cli(tmp_path, "--init_from=resume", "--max_iters=6", "--lr_decay_iters=6")
+    assert r.returncode == 0, r.stderr
+    hs = [x for x in records(tmp_path) if x["kind"] == "hellaswag"]
+    assert [x["iter"] for x in hs] == [0, 2, 4, 5, 6, 6]
+
 
 def test_bad_hellaswag_file_stops_before_training(tmp_path):
     write_files(tmp_path)
