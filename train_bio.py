@@ -656,7 +656,7 @@ def setup_run(s, d, device):
     sampler = torch.Generator().manual_seed(sampler_seed(s.seed, d.rank))
 
     raw_model, ckpt = build_model(s, device, d)  # before the data: a checkpoint brings its own vocab_size
-    fit_to_memory(s, d, device, dtype, autocast, raw_model)
+    fit_to_memory(s, d, device, dtype, autocast, raw_model, ckpt)
     data = open_data(s, d, device)
     optimizer = optim_bio.make_optimizer(raw_model, s.optimizer_type, s.weight_decay, s.learning_rate, s.betas,
                                          device_type)
@@ -680,9 +680,18 @@ def setup_run(s, d, device):
     return run
 
 
-def fit_to_memory(s, d, device, dtype, autocast, model):
+def fit_to_memory(s, d, device, dtype, autocast, model, ckpt=None):
     """batch_size='auto': find the micro-batch (see gpu_bio.find_batch_size) and the accumulation
-    that keep tokens_per_iter. On CUDA, print the memory estimate against the free memory."""
+    that keep tokens_per_iter; a resumed run keeps what it chose (the same micro-batches and
+    dropout draws: the resume stays exact). On CUDA, print the memory estimate."""
+    saved = (ckpt or {}).get("train_config") or {}
+    if (s.batch_size == "auto" and isinstance(saved.get("batch_size"), int)
+            and (saved.get("tokens_per_iter"), saved.get("block_size")) == (s.tokens_per_iter, s.block_size)
+            and ckpt.get("sampler", {}).get("world_size") == d.world):
+        s.batch_size, s.gradient_accumulation_steps = saved["batch_size"], saved["gradient_accumulation_steps"]
+        s.gradient_checkpointing = model.config.gradient_checkpointing = saved["gradient_checkpointing"]
+        print0(d, f"batch_size='auto': resuming with the run's batch_size {s.batch_size} x gradient_accumulation_steps "
+                  f"{s.gradient_accumulation_steps}" + (", with gradient checkpointing" if s.gradient_checkpointing else ""))
     if s.batch_size == "auto":
         sequences = s.tokens_per_iter // s.block_size // d.world  # per process and iteration
         batch, checkpointing = gpu_bio.auto_batch(model, s.block_size, sequences, dtype, device, autocast,

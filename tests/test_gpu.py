@@ -192,6 +192,12 @@ def test_batch_size_auto_keeps_the_tokens_per_iteration(tmp_path, monkeypatch, c
     # no peak known for a CPU: MFU is unknown, never a made-up number
     assert "note: MFU unknown" in out and "mfu unknown" in out
     assert [r["mfu"] for r in records if r["kind"] == "train"] == [None, None]
+    # a resume keeps the run's choice even where more memory is free now: same micro-batches
+    monkeypatch.setattr(gpu_bio, "free_memory", lambda device: (100 * free, 100 * free))
+    summary = train_bio.train({**s, "init_from": "resume", "max_iters": 4})
+    out = capsys.readouterr().out
+    assert "resuming with the run's batch_size 2 x gradient_accumulation_steps 4" in out
+    assert "does not fit" not in out and summary["tokens"] == 4 * 128
 
 
 def test_batch_size_auto_settings(tmp_path):
