@@ -234,9 +234,10 @@ def ending_losses(model, tokens, scored, autocast=None):
 
 
 @torch.no_grad()
-def score_hellaswag(model, rows, device="cpu", autocast=None, desc="hellaswag"):
+def score_hellaswag(model, rows, device="cpu", autocast=None, desc="hellaswag", show_progress=True):
     """Score rows (from load_hellaswag). Returns dict(acc, acc_norm, correct, correct_norm, n,
-    truncated, predictions) with predictions [(pred_sum, pred_norm)] per row."""
+    truncated, predictions) with predictions [(pred_sum, pred_norm)] per row. show_progress=False
+    hides the bar (every process but the first under torchrun)."""
     from tqdm import tqdm
     config = unwrap(model).config
     if config.vocab_size < tokenizer_bio.VOCAB_SIZE:
@@ -247,7 +248,7 @@ def score_hellaswag(model, rows, device="cpu", autocast=None, desc="hellaswag"):
     model.eval()
     correct = correct_norm = truncated = 0
     predictions = []
-    for row in tqdm(rows, desc=desc, leave=False, disable=None):
+    for row in tqdm(rows, desc=desc, leave=False, disable=None if show_progress else True):
         tokens, scored, cut = render_example(row, block_size)
         total, mean = ending_losses(model, tokens.to(device), scored.to(device), autocast)
         pred, pred_norm = int(total.argmin()), int(mean.argmin())

@@ -823,7 +823,8 @@ def score_hellaswag(run):
     """HellaSwag acc and acc_norm, each process scoring its share of the rows; rank 0 logs them."""
     s, d, state = run.s, run.d, run.state
     mine = run.hellaswag_rows[d.rank::d.world]
-    r = evaluate_bio.score_hellaswag(run.raw_model, mine, run.data.device, run.ctx)  # raw: no recompiles per length
+    r = evaluate_bio.score_hellaswag(run.raw_model, mine, run.data.device, run.ctx,  # raw: no recompiles per length
+                                     show_progress=d.master)
     counts = all_reduce_mean(torch.tensor([r["correct"], r["correct_norm"], r["n"]], dtype=torch.float32,
                                           device=run.data.device), d)  # float32: MPS has no float64
     correct, correct_norm, n = (round(c * d.world) for c in counts.tolist())
