@@ -72,9 +72,7 @@ def save_checkpoint(ckpt, path, advice="run again"):
             finally:
                 os.close(fd)
     except OSError as e:
-        remove_quietly(tmp)
-        error = write_error(path, e, advice)
-        raise CheckpointError(str(error)) from None
+        raise CheckpointError(str(write_error(path, e, advice))) from None
     finally:
         remove_quietly(tmp)  # also after Ctrl-C or any other failure mid-write
 
@@ -158,11 +156,16 @@ def load_model(path, device="cpu", **overrides):
     (e.g. dropout, gradient_checkpointing).
     """
     ckpt = load_checkpoint(path)
-    config = model_config(ckpt, path)
+    model = model_with_weights(model_config(ckpt, path), clean_state_dict(ckpt["model"]), path, **overrides)
+    return model.to(device), ckpt
+
+
+def model_with_weights(config, state, source, **overrides):
+    """GPT(config) holding state (strict): names and shapes that do not fit are one
+    CheckpointError naming source. overrides as in load_model."""
     for key, value in overrides.items():
         setattr(config, key, value)
     model = GPT(config)
-    state = clean_state_dict(ckpt["model"])
     missing, unexpected = (sorted(set(model.state_dict()) - set(state)),
                            sorted(set(state) - set(model.state_dict())))
     if missing or unexpected:
@@ -170,13 +173,13 @@ def load_model(path, device="cpu", **overrides):
             return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
         problems = ([f"missing {brief(missing)}"] if missing else []) + \
                    ([f"unexpected {brief(unexpected)}"] if unexpected else [])
-        raise CheckpointError(f"weights in {path} do not fit its config: {'; '.join(problems)}")
+        raise CheckpointError(f"weights in {source} do not fit its config: {'; '.join(problems)}")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         lines = [l.strip() for l in str(e).splitlines() if "size mismatch" in l]
-        raise CheckpointError(f"weights in {path} do not fit its config: {lines[0] if lines else e}") from None
-    return model.to(device), ckpt
+        raise CheckpointError(f"weights in {source} do not fit its config: {lines[0] if lines else e}") from None
+    return model
 
 
 def load_model_from(init_from, out_dir="out", device="cpu", **overrides):

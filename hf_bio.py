@@ -21,7 +21,8 @@ layers, which store them as (in, out); our nn.Linear wants (out, in): they are t
 
 import os
 
-from model_bio import GPT, GPTConfig
+import checkpoint_bio
+from model_bio import GPTConfig
 from settings_bio import UserError
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
@@ -97,18 +98,8 @@ def from_hf(hf_model, source="GPT-2", **overrides):
     """Our GPT with the weights of a transformers GPT2LMHeadModel (CPU, float32, eval mode).
     overrides set config fields that do not change the weights (dropout, gradient_checkpointing)."""
     config = config_from_hf(hf_model.config, source)
-    for key, value in overrides.items():
-        setattr(config, key, value)
-    model = GPT(config)
     state = state_dict_from_hf(hf_model.state_dict())
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
-    if missing or unexpected or wrong:
-        raise UserError(f"{source}: weights do not fit GPT-2's layout (missing {missing[:3]}, unexpected "
-                        f"{unexpected[:3]}, wrong shape {wrong[:3]})")
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return checkpoint_bio.model_with_weights(config, state, source, **overrides).eval()
 
 
 def load_gpt2(source, device="cpu", **overrides):
