@@ -2,26 +2,59 @@
 One benchmark report: every speed and memory goal of the project, measured side by side in
 one run on this machine and printed as a table of ratios.
 
-    python bench_bio.py            # full sizes
-    python bench_bio.py --quick    # small sizes, under 2 minutes on 2 CPU cores
+    python bench_bio.py                                    # full sizes
+    python bench_bio.py --quick                            # small sizes, under 2 minutes on 2 CPU cores
+    python bench_bio.py --quick --only=traffic,logits_memory,activation   # some sections
+    python bench_bio.py --gpu                              # the one CUDA GPU check (below), 8 minutes at most
 
 Each section is a function that returns rows (what, measured, goal, detail); main() runs the
 ones asked for and prints the table. Timings are medians of several repeats after a warm-up.
+
+--gpu runs the GPU check instead of the sections, on the published 124M shape: versions, the
+GPU, its peak FLOP/s and memory bandwidth; the numerics of the activation kernel, the PyTorch
+path and torch.compile against fp64, and the compiled model's graph breaks; training tokens/s,
+MFU and peak memory of GELU and Wiggle, eager (PyTorch path), eager with the kernel and
+compiled; the activation alone in GB/s; the real train_bio loop against the bare step, with its
+GPU syncs per iteration; what batch_size='auto' picks under 8 and 16 GB; and fp16 with the loss
+scaler. Each part checks the time left first (and is stopped at twice its share), so the check
+ends within 8 minutes; a failing part becomes one row and the others still run. Every row is
+printed and written to --out (bench_gpu.jsonl) as one JSON line the moment it is measured, so a
+run cut short still reports. --only picks parts (environment, numerics, training, activation,
+train_loop, batch_auto, fp16); --quick does not apply.
 """
 
+import contextlib
+import dataclasses
 import gc
+import io
+import json
+import os
 import platform
+import re
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
+import threading
 import time
+import warnings
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-from settings_bio import UserError, load_settings, run_main
+from settings_bio import UserError, load_settings, run_main, write_error
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 SETTINGS = {
     "quick": (False, "small sizes so the whole report takes under 2 minutes on 2 CPU cores"),
-    "only": ("", "comma-separated section names to run (default: all)"),
+    "only": ("", "comma-separated section names to run (default: all); with --gpu, names of its parts"),
     "seed": (1337, "random seed for the models and data the benchmarks make"),
+    "gpu": (False, "run the one CUDA GPU check instead of the sections, 8 minutes at most (parts: environment, "
+                   "numerics, training, activation, train_loop, batch_auto, fp16)"),
+    "out": ("bench_gpu.jsonl", "--gpu: file that gets one JSON object per row, written as each is measured"),
 }
 
 
@@ -82,6 +115,169 @@ def bench_kv_cache(quick):
 SECTIONS["kv_cache"] = bench_kv_cache
 
 
+# ops that move no tensor data: views, in-place changes of shape only, bare allocations
+_NO_DATA_OPS = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "squeeze_",
+                "unsqueeze_", "transpose_", "t_", "as_strided_", "detach_", "resize_", "set_"}
+
+
+class TrafficCounter(TorchDispatchMode):
+    """Bytes the aten ops run while it is active read and write: every tensor argument is read
+    once (an out= argument is written, not read), every output written once; views and bare
+    allocations move nothing. Tensors of at most min_numel elements (0-dim scalars, and with
+    min_numel = the row length the parameter vectors and their gradients) are left out, so the
+    bytes per element of x do not depend on how many rows x has."""
+
+    def __init__(self, min_numel):
+        super().__init__()
+        self.min_numel, self.bytes = min_numel, 0
+
+    def _size(self, t):
+        big = isinstance(t, torch.Tensor) and t.numel() > self.min_numel
+        return t.numel() * t.element_size() if big else 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func.is_view or func._schema.name.split("::")[-1] in _NO_DATA_OPS:
+            return out
+        for i, arg in enumerate(func._schema.arguments):
+            if not arg.is_out:
+                value = args[i] if i < len(args) else kwargs.get(arg.name)
+                self.bytes += sum(self._size(t) for t in tree_leaves(value))
+        self.bytes += sum(self._size(t) for t in tree_leaves(out))
+        return out
+
+
+def oscillating_activation(n_cols, kernel="torch"):
+    """The model's oscillating activation for n_cols neurons, initialised as GPT.init_weights does."""
+    from model_bio import OscillatingActivation
+    act = OscillatingActivation(n_cols, kernel)
+    with torch.no_grad():
+        act.omega.normal_(1.0, 0.1), act.phi.normal_(0.0, 0.1), act.baseline.zero_()
+    return act
+
+
+def activation_traffic(activation, shape, dtype, device):
+    """(forward, backward) bytes per element of x that activation moves in y = activation(x) and
+    in the gradients of x and of its parameters from a grad_y, counted by TrafficCounter."""
+    activation = activation.to(device)
+    x = torch.randn(shape, dtype=dtype, device=device, requires_grad=True)
+    grad_y = torch.randn(shape, dtype=dtype, device=device)
+    with TrafficCounter(min_numel=shape[-1]) as counter:
+        y = activation(x)
+        forward = counter.bytes
+        torch.autograd.grad(y, [x, *activation.parameters()], grad_y)  # not backward(): no copy into .grad
+    return forward / x.numel(), (counter.bytes - forward) / x.numel()
+
+
+def bench_traffic(quick):
+    """Bytes the oscillating activation moves per hidden element, forward + backward, against
+    GELU's. An elementwise pass on a GPU is bound by memory, so bytes are its time. The kernel's
+    figure is its own count of loads and stores (oscillate_triton.traffic_bytes); the PyTorch
+    path's is counted op by op while it runs, on the CPU (the ops it runs here) and on the meta
+    device (no data, but the ops of its CUDA branch: torch.tanh, plain sums)."""
+    from torch import nn
+
+    from wigglegpt import oscillate_triton
+    rows, cols = 8192, 3072  # the 124M MLP's hidden layer at 8 x 1024 tokens
+    counted = (64, cols)  # a real run, small: the bytes per element do not depend on the rows
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
+        gelu = sum(activation_traffic(nn.GELU(), counted, dtype, "cpu"))
+        kernel = oscillate_triton.traffic_bytes(rows, cols, dtype)
+        kernel = (kernel["forward"] + kernel["backward"]) / (rows * cols)
+        out.append((f"activation traffic kernel/GELU, {name}", f"{kernel / gelu:.2f}x", "<= 1.3x",
+                    f"{kernel:.1f} vs {gelu:.1f} B per element forward + backward; kernel: traffic_bytes at "
+                    f"{rows:,} x {cols:,}, GELU counted as below"))
+        for where, device in (("as on CUDA", "meta"), ("on the CPU", "cpu")):
+            forward, backward = activation_traffic(oscillating_activation(cols), counted, dtype, device)
+            how = ("the ops of its CUDA branch, traced on the meta device" if device == "meta"
+                   else f"the CPU's ops (tanh as a sigmoid, sums as gemv), {counted[0]} x {cols:,} run")
+            out.append((f"  PyTorch path/GELU, {name}, {where}", f"{(forward + backward) / gelu:.1f}x", "(reference)",
+                        f"{forward:.0f} + {backward:.0f} B per element forward + backward: every aten op's "
+                        f"tensors ({how}; 0-dim and parameter-sized ones left out)"))
+    return out
+
+
+SECTIONS["traffic"] = bench_traffic
+
+
+LOGITS_MODEL = dict(n_layer=1, n_head=2, n_embd=64, vocab_size=50304)  # the output layer is all there is
+LOGITS_BATCH, LOGITS_BLOCKS = 8, (32, 256)
+
+
+def _logits_memory_child(block_size, return_logits, batch, model_config):
+    """Run in a fresh process by bench_logits_memory: two AdamW training steps of the model
+    (GPTConfig fields), then print this process's peak resident memory in KiB."""
+    from model_bio import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=block_size, **model_config))
+    opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cpu")
+    x, y = torch.randint(0, model_config["vocab_size"], (2, batch, block_size))
+    for _ in range(2):
+        _, loss = model(x, y, return_logits=return_logits)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    print(json.dumps({"peak_kib": _peak_rss_kib()}))
+
+
+def _peak_rss_kib():
+    """This process's peak resident memory in KiB. On Linux VmHWM, the high-water mark of this
+    process's own memory: getrusage's ru_maxrss starts a child at its parent's peak (the kernel
+    carries it across fork and exec), so a child of a large parent would report the parent's."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak // 1024 if sys.platform == "darwin" else peak  # macOS counts bytes
+
+
+def bench_logits_memory(quick):
+    """Peak memory of a training step that grows with the sequence, in fp32 copies of the full
+    B x T x vocab logits, with the loss made from the full logits (model(x, y)) and chunk by chunk
+    (model(x, y, return_logits=False), what train_bio runs). Each run is a fresh process that
+    reports its own peak RSS (_peak_rss_kib); the figure is the growth from T=32 to T=256 over one
+    logits copy, so what does not grow with T (torch, the weights, AdamW) cancels."""
+    if sys.platform == "win32":
+        return [("training peak memory in logits copies", "skipped", "-", "needs /proc or getrusage (Linux, macOS)")]
+    # the four runs at once, the cores shared out: each peak is its own process's, so they do not mix
+    threads = str(max(1, (os.cpu_count() or 1) // 4))
+    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    code = "import bench_bio; bench_bio._logits_memory_child({}, {}, {}, {})"
+    runs = {(rl, T): subprocess.Popen([sys.executable, "-c", code.format(T, rl, LOGITS_BATCH, repr(LOGITS_MODEL))],
+                                      cwd=HERE, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for rl in (True, False) for T in LOGITS_BLOCKS}
+    peaks = {}
+    try:
+        for (rl, T), child in runs.items():
+            stdout, stderr = child.communicate(timeout=300)
+            if child.returncode:
+                raise RuntimeError(f"the T={T} run failed: {(stderr.strip().splitlines() or ['?'])[-1]}")
+            peaks[rl, T] = json.loads(stdout.strip().splitlines()[-1])["peak_kib"] * 1024
+    finally:
+        for child in runs.values():  # none left running after a failure
+            if child.poll() is None:
+                child.kill()
+    short, long = LOGITS_BLOCKS
+    copy = LOGITS_BATCH * (long - short) * LOGITS_MODEL["vocab_size"] * 4  # fp32 logits of the added positions
+    copies = {rl: (peaks[rl, long] - peaks[rl, short]) / copy for rl in (True, False)}
+    mb = lambda n: f"{n / 2**20:,.0f} MB"  # noqa: E731
+    detail = lambda rl: (f"peak RSS {mb(peaks[rl, long])} at T={long} vs {mb(peaks[rl, short])} "  # noqa: E731
+                         f"at T={short}; "
+                         f"one copy = {mb(copy)} (B={LOGITS_BATCH} x {long - short} positions x "
+                         f"V={LOGITS_MODEL['vocab_size']:,} x 4 B); {LOGITS_MODEL['n_layer']} layer(s) of "
+                         f"{LOGITS_MODEL['n_embd']}, 2 AdamW steps, CPU fp32")
+    return [("training peak memory in logits copies, chunked loss", f"{copies[False]:.2f}", "<= 1.5", detail(False)),
+            ("  plain loss (full logits)", f"{copies[True]:.2f}", "(reference)", detail(True))]
+
+
+SECTIONS["logits_memory"] = bench_logits_memory
+
+
 def _bench_model(use_bio_mlp, quick, plain_autograd=False):
     """A small model (4 layers, 256 dim, B=8, T=256) for the Wiggle-vs-GELU figures. The
     vocabulary is kept small so the blocks, not the output layer, dominate what is measured."""
@@ -107,7 +303,7 @@ def _saved_bytes(model, idx):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        _, loss = model(idx, idx)
+        _, loss = model(idx, idx, return_logits=False)
     loss.backward()
     params = {(p.untyped_storage().data_ptr(), p.dtype) for p in model.parameters()}
     return sum(n for key, n in seen.items() if key not in params)  # activations only
@@ -120,7 +316,7 @@ def bench_activation(quick):
     memory = {name: _saved_bytes(m, idx) for name, (m, idx) in models.items()}
 
     def step(model, idx, opt):
-        _, loss = model(idx, idx)
+        _, loss = model(idx, idx, return_logits=False)  # as train_bio trains: the loss a chunk at a time
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -157,7 +353,7 @@ def bench_compiled(quick):
         compiled = torch.compile(model)
 
         def step(compiled=compiled, idx=idx, opt=opt):
-            _, loss = compiled(idx, idx)
+            _, loss = compiled(idx, idx, return_logits=False)
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -185,43 +381,80 @@ def bench_gpu_124m(quick):
     return training_figures("cuda", GPTConfig(), 4 if quick else 16, 3 if quick else 10)
 
 
-def training_figures(device, config, max_batch, repeats, compiled=(False, True)):
-    """Train-step figures of one shape with the oscillating MLP and with GELU. The micro-batch is
-    the largest of max_batch, max_batch/2, ... that fits the card with the Wiggle model (gpu_bio's
-    batch search), so an 8 GB card reports instead of failing; both MLPs then run that batch.
-    The models are measured one after the other (two 124M models with AdamW states would not fit
-    an 8 GB card together), each on its own fresh memory peak."""
-    import dataclasses
+TRAINING_MODES = {  # name -> (torch.compile?, activation_kernel)
+    "eager": (False, "torch"),  # the PyTorch autograd.Function, op by op
+    "eager kernel": (False, "triton"),  # the fused Triton kernel in an eager model
+    "compiled": (True, "auto"),  # what train_bio runs on a CUDA GPU: the kernel inside the compiled graph
+}
 
+
+def training_figures(device, config, max_batch, repeats, compiled=(False, True)):
+    """Train-step rows of one shape with the oscillating MLP and with GELU (see training_rows);
+    compiled picks the modes: False the eager ones, True the compiled one."""
+    return list(training_rows(device, config, max_batch, repeats, compiled))
+
+
+def training_rows(device, config, max_batch, repeats, compiled=(False, True), figures=None, time_left=None):
+    """Yields train-step rows as they are measured: tokens/s, MFU and peak memory of Wiggle in
+    each of TRAINING_MODES whose compile flag is in compiled (the kernel mode only where the
+    kernel runs) and of GELU (eager and compiled: it has no kernel to choose), then the
+    Wiggle/GELU ratios. Steps train as train_bio does, the loss a chunk at a time.
+
+    The micro-batch is the largest of max_batch, max_batch/2, ... that fits the card with the
+    Wiggle model (gpu_bio's batch search), so an 8 GB card reports instead of failing; both MLPs
+    then run that batch. The models are measured one after the other (two 124M models with AdamW
+    states would not fit an 8 GB card together), each mode on its own fresh memory peak.
+    figures, if given, receives B, checkpointing, dtype, T and (mlp, mode) -> (tokens/s, MFU or
+    None, peak MB); time_left(), if given, is the seconds left, and a mode that would not fit in
+    them (90 s to compile, 10 s eager) is skipped with a row saying so."""
     import gpu_bio
-    from model_bio import GPT
+    import model_bio
+    from model_bio import GPT, OscillatingActivation
     from settings_bio import autocast_for, pick_dtype
+    from wigglegpt import oscillate_triton
+    device_type = device.split(":")[0]
     dtype = pick_dtype("auto", device)
     autocast = autocast_for(device, dtype)
-    cuda = device.startswith("cuda")
+    cuda = device_type == "cuda"
     T = config.block_size
     peak, source = gpu_bio.resolve_peak_flops(0, device)
-    B, checkpointing = None, False
+    kernel_ok, kernel_why = oscillate_triton.available(device_type)
+    modes = [mode for mode, (compile_it, _) in TRAINING_MODES.items() if compile_it in compiled]
+    figures = {} if figures is None else figures
+    figures.update(dtype=dtype, T=T)
 
-    def measure(bio):
-        """{compiled: (tokens/s, MFU or None, peak MB)} of one MLP kind; its model is freed on return."""
-        nonlocal B, checkpointing
+    def shape():
+        return f"{dtype}, B={figures['B']}, T={T}" + (", gradient checkpointing" if figures["checkpointing"] else "")
+
+    def measure(bio, wanted):
+        """Yields (mode, (tokens/s, MFU or None, peak MB), None if skipped, or the error it raised)
+        for one MLP kind; its model is freed when the generator ends."""
         torch.manual_seed(0)
         model = GPT(dataclasses.replace(config, use_bio_mlp=bio)).to(device)
-        if B is None:
-            B, checkpointing = gpu_bio.auto_batch(model, T, max_batch, dtype, device, autocast, False,
-                                                  log=lambda line: print(f"  training_figures: {line}", flush=True))
-        model.config.gradient_checkpointing = checkpointing
-        opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device.split(":")[0])
+        if "B" not in figures:
+            figures["B"], figures["checkpointing"] = gpu_bio.auto_batch(
+                model, T, max_batch, dtype, device, autocast, False,
+                log=lambda line: print(f"  training_figures: {line}", flush=True))
+        B = figures["B"]
+        model.config.gradient_checkpointing = figures["checkpointing"]
+        opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device_type)
         idx = torch.randint(0, model.config.vocab_size, (B, T), device=device)
-        scaler = torch.amp.GradScaler(device.split(":")[0], enabled=(dtype == "float16"))
-        out = {}
-        for compile_it in compiled:
+        scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
+        for mode in wanted:
+            compile_it, kernel = TRAINING_MODES[mode]
+            if time_left is not None and time_left() < (90 if compile_it else 10):
+                yield mode, None
+                continue
+            for module in model.modules():  # the same weights, the activation run another way
+                if isinstance(module, OscillatingActivation):
+                    module.kernel = kernel
+            model.config.activation_kernel = kernel
+            model_bio.uses_kernel(kernel, device_type)  # decided before tracing, as train_bio does
             forward = torch.compile(model) if compile_it else model
 
             def step():
                 with autocast:
-                    _, loss = forward(idx, idx)
+                    _, loss = forward(idx, idx, return_logits=False)  # as train_bio: no full logits
                 scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
@@ -231,36 +464,48 @@ def training_figures(device, config, max_batch, repeats, compiled=(False, True))
 
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            dt = median_seconds(step, repeats, warmup=2)  # compiling happens in the warm-up
+            try:
+                dt = median_seconds(step, repeats, warmup=2)  # compiling happens in the warm-up
+            except Exception as e:  # noqa: BLE001 (a mode that fails, e.g. compiling, must not lose the others)
+                opt.zero_grad(set_to_none=True)
+                yield mode, e
+                continue
             memory = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
-            out[compile_it] = (B * T / dt, model.estimate_mfu(B * T, dt, peak, T) if peak else None, memory)
-        return out
+            yield mode, (B * T / dt, model.estimate_mfu(B * T, dt, peak, T) if peak else None, memory)
 
-    figures = {}
     for mlp, bio in (("Wiggle", True), ("GELU", False)):
-        for compile_it, values in measure(bio).items():
-            figures[mlp, compile_it] = values
+        wanted = [mode for mode in modes if bio or mode != "eager kernel"]
+        if bio and "eager kernel" in wanted and not kernel_ok:
+            wanted.remove("eager kernel")
+            yield ("124M Wiggle eager kernel training tokens/s (GPU)", "unavailable", "-", kernel_why)
+        for mode, values in measure(bio, wanted):
+            what = f"124M {mlp} {mode} training tokens/s (GPU)"
+            if values is None:
+                yield (what, "skipped", "-", f"{time_left():.0f} s left of the check's time")
+                continue
+            if isinstance(values, Exception):
+                yield failure_row(what, values)
+                continue
+            figures[mlp, mode] = values
+            tokens, mfu, memory = values
+            mfu_text = f"{mfu * 100:.1f}%" if mfu is not None else "unknown"
+            yield (what, f"{tokens:,.0f}", ">= 45% MFU on H100/H200" if (mlp, mode) == ("Wiggle", "compiled") else "-",
+                   f"{shape()}; MFU {mfu_text}; peak {memory:,.0f} MB")
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()  # the next model starts from an empty card
-    shape = f"{dtype}, B={B}, T={T}" + (", gradient checkpointing" if checkpointing else "")
-    rows = []
-    for compile_it in compiled:
-        how = "compiled" if compile_it else "eager"
-        for mlp in ("Wiggle", "GELU"):
-            tokens, mfu, memory = figures[mlp, compile_it]
-            mfu_text = f"{mfu * 100:.1f}%" if mfu is not None else "unknown"
-            rows.append((f"124M {mlp} {how} training tokens/s (GPU)", f"{tokens:,.0f}",
-                         ">= 40% MFU on an H100" if compile_it and mlp == "Wiggle" else "-",
-                         f"{shape}; MFU {mfu_text}; peak {memory:,.0f} MB"))
-        ratio = figures["Wiggle", compile_it][0] / figures["GELU", compile_it][0]
-        rows.append((f"124M tokens/s Wiggle / GELU, {how} (GPU)", f"{ratio:.2f}x",
-                     ">= 0.95x" if compile_it else "-", shape))
+    if ("GELU", "eager") in figures:
+        figures["GELU", "eager kernel"] = figures["GELU", "eager"]  # the same code: GELU has no kernel to choose
+    for mode in modes:
+        if ("Wiggle", mode) in figures and ("GELU", mode) in figures:
+            ratio = figures["Wiggle", mode][0] / figures["GELU", mode][0]
+            yield (f"124M tokens/s Wiggle / GELU, {mode} (GPU)", f"{ratio:.2f}x",
+                   {"compiled": ">= 0.95x", "eager kernel": ">= 0.90x"}.get(mode, "-"),
+                   shape() + ("; against GELU eager" if mode == "eager kernel" else ""))
     if peak is None:
-        rows.append(("124M MFU (GPU)", "unknown", "-", gpu_bio.unknown_peak_hint(device)))
+        yield ("124M MFU (GPU)", "unknown", "-", gpu_bio.unknown_peak_hint(device))
     else:
-        rows.append(("124M MFU peak used", f"{peak / 1e12:.1f} TFLOP/s", "-", source))
-    return rows
+        yield ("124M MFU peak used", f"{peak / 1e12:.1f} TFLOP/s", "-", source)
 
 
 SECTIONS["gpu_124m"] = bench_gpu_124m
@@ -369,6 +614,560 @@ def bench_data_prep(quick):
 SECTIONS["data_prep"] = bench_data_prep
 
 
+# --- the GPU check (--gpu) -----------------------------------------------------------------
+# One run on one CUDA GPU, ready for whoever has one: run_gpu_check calls the parts in
+# GPU_PARTS in turn, each a generator of rows taking a GpuCheck (device, model config, sizes,
+# the time left). The parts take any device, so the tests run them on the CPU with tiny sizes.
+
+GPU_BUDGET_S = 440  # the parts' time; with start-up and the table the check ends within 8 minutes
+
+GPU_SIZES = dict(  # for the 124M model on one GPU
+    max_batch=16,  # micro-batch of the training figures (or the largest below it that fits)
+    repeats=10,  # timed training steps per mode
+    compiled=(False, True),  # training modes: the eager ones and the compiled one
+    numerics_rows=4096,  # rows of x for the numerics (the columns are the MLP's hidden size)
+    compile_numerics=True,  # also torch.compile the PyTorch path for the numerics
+    explain_tokens=128,  # sequence length of the graph-break check
+    act_repeats=20,  # timed forward + backward passes of the activation alone
+    loop_iters=15, loop_warm=5,  # train_bio iterations, and how many of them warm up (compile) unmeasured
+    auto_sequences=32,  # sequences per iteration that batch_size='auto' divides (config/gpt2_bio_3070.py)
+    budgets_gb=(8, 16),  # card sizes batch_size='auto' is tried under
+    fp16_steps=10, fp16_batch=8,
+)
+
+# peak memory bandwidth by device-name pattern, bytes/s, from the vendors' data sheets; first
+# match wins, and as in gpu_bio.PEAK_FLOPS a name with a suffix the pattern lacks (Ti, SUPER, D)
+# or a laptop part is unknown rather than a neighbour's figure
+BANDWIDTH = [
+    (r"(?<!G)H200", 4.8e12),  # SXM and NVL: the same 141 GB of HBM3e (not the GH200)
+    (r"H100.*PCIE", 2.0e12),
+    (r"H100.*NVL", 3.9e12),
+    (r"H100", 3.35e12),  # SXM
+    (r"\bA100\b.*SXM.*80GB", 2.039e12),
+    (r"\bA100\b.*80GB", 1.935e12),  # PCIe
+    (r"\bA100\b", 1.555e12),  # 40 GB
+    (r"L40S", 864e9),
+    (r"\bL4\b", 300e9),
+    (r"\bA10\b", 600e9),
+    (r"\bT4\b", 320e9),
+    (r"V100S", 1134e9),
+    (r"V100", 900e9),
+    (r"RTX 3070", 448e9),
+    (r"RTX 3090", 936e9),
+    (r"RTX 4080", 716.8e9),
+    (r"RTX 4090", 1008e9),
+    (r"RTX 5060 Ti", 448e9),
+    (r"RTX 5090", 1792e9),
+]
+
+
+def bandwidth_for(name):
+    """Peak memory bandwidth in bytes/s of the GPU called name, or None when not in BANDWIDTH."""
+    if not name or re.search(r"laptop|mobile|max-q", name, re.I):
+        return None
+    for pattern, bandwidth in BANDWIDTH:
+        match = re.search(pattern, name, re.I)
+        if match and not re.match(r"\s+(TI|SUPER|D)\b", name[match.end():], re.I):
+            return bandwidth
+    return None
+
+
+@dataclasses.dataclass
+class GpuCheck:
+    device: str
+    config: object  # the GPTConfig measured
+    sizes: dict  # GPU_SIZES, or smaller
+    deadline: float  # time.monotonic() by which every part must have ended
+    figures: dict = dataclasses.field(default_factory=dict)  # what one part measured for a later one
+
+    def time_left(self):
+        return self.deadline - time.monotonic()
+
+
+def _device_type(device):
+    return device.split(":")[0]
+
+
+def _sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)  # waits for the GPU: timings cover its work
+
+
+def part_environment(check):
+    """Versions, the GPU, and the peak FLOP/s and bandwidth the other parts measure against."""
+    import gpu_bio
+    from wigglegpt import oscillate_triton
+    device = check.device
+    try:
+        import triton
+        triton_version = triton.__version__
+    except Exception as e:  # noqa: BLE001 (a broken install is reported, not fatal)
+        triton_version = f"not importable ({type(e).__name__})"
+    yield ("versions", f"torch {torch.__version__}", "-",
+           f"CUDA {torch.version.cuda or 'none'}, Triton {triton_version}, python {platform.python_version()}")
+    name = gpu_bio.device_name(device)
+    if name:
+        props = torch.cuda.get_device_properties(gpu_bio.cuda_index(device))
+        yield ("GPU", name, "-", f"compute capability {props.major}.{props.minor}, "
+                                 f"{props.total_memory / 2**30:.1f} GiB, {props.multi_processor_count} SMs")
+    else:
+        yield ("GPU", "none", "-", f"running on {device}: {platform.processor() or platform.machine()}")
+    peak, source = gpu_bio.resolve_peak_flops(0, device)
+    yield ("peak FLOP/s for MFU", f"{peak / 1e12:.1f} TFLOP/s" if peak else "unknown", "-",
+           source or gpu_bio.unknown_peak_hint(device))
+    bandwidth = bandwidth_for(name)
+    yield ("memory bandwidth", f"{bandwidth / 1e9:,.0f} GB/s" if bandwidth else "unknown", "-",
+           "vendor data sheet (bench_bio.BANDWIDTH)" if bandwidth
+           else f"{name or device} is not in bench_bio.BANDWIDTH")
+    ok, why = oscillate_triton.available(_device_type(device))
+    yield ("activation kernel", "available" if ok else "unavailable", "-", why)
+
+
+def activation_inputs(rows, cols, dtype, device, seed=0):
+    """x (rows, cols) in dtype, fp32 omega/phi/baseline as a trained model's, and a grad_y."""
+    g = torch.Generator().manual_seed(seed)
+    x = (2.0 * torch.randn(rows, cols, generator=g)).to(device, dtype)  # pre-activations spread over a few units
+    params = [(mean + std * torch.randn(cols, generator=g)).to(device)  # omega, phi, baseline
+              for mean, std in ((1.0, 0.1), (0.0, 0.1), (0.0, 0.01))]
+    grad_y = torch.randn(rows, cols, generator=g).to(device, dtype)
+    return x, params, grad_y
+
+
+def _outputs_and_grads(fn, x, params, grad_y):
+    """[y, grad x, grad omega, grad phi, grad baseline] of fn(x, omega, phi, baseline)."""
+    inputs = [t.detach().requires_grad_() for t in (x, *params)]
+    y = fn(*inputs)
+    return [y.detach(), *torch.autograd.grad(y, inputs, grad_y)]
+
+
+def _formula(x, omega, phi, baseline):
+    return torch.sin(omega * x + phi) * torch.tanh(x) + baseline
+
+
+def part_numerics(check):
+    """The activation's output and all four gradients by the kernel, the PyTorch path and the
+    compiled PyTorch path, in bf16 and fp32, against plain autograd of the formula in fp64;
+    then the graph breaks of the compiled model."""
+    from model_bio import GPT, OscillateFunction
+    from settings_bio import autocast_for, pick_dtype
+    from wigglegpt import oscillate_triton
+    device, s = check.device, check.sizes
+    rows, cols = s["numerics_rows"], 4 * check.config.n_embd
+    ok, why = oscillate_triton.available(_device_type(device))
+    paths = {"PyTorch path": OscillateFunction.apply}
+    if ok:
+        paths["kernel"] = oscillate_triton.oscillate
+    else:
+        yield ("numerics kernel", "unavailable", "-", why)
+    if s["compile_numerics"]:
+        paths["compiled PyTorch path"] = torch.compile(
+            lambda x, omega, phi, baseline: OscillateFunction.apply(x, omega, phi, baseline), dynamic=False)
+    names = ("y", "grad x", "grad omega", "grad phi", "grad baseline")
+    for dtype, tolerance in ((torch.bfloat16, 1e-2), (torch.float32, 1e-4)):
+        x, params, grad_y = activation_inputs(rows, cols, dtype, device)
+        reference = _outputs_and_grads(_formula, x.double(), [p.double() for p in params], grad_y.double())
+        for path, fn in paths.items():
+            got = _outputs_and_grads(fn, x, params, grad_y)
+            errors = [((a.double() - r).abs().max() / r.abs().max()).item() for a, r in zip(got, reference)]
+            yield (f"numerics {path}, {str(dtype).removeprefix('torch.')}", f"{max(errors):.1e}", f"<= {tolerance:.0e}",
+                   ", ".join(f"{n} {e:.1e}" for n, e in zip(names, errors))
+                   + f": max |error| / max |fp64 value|, {rows:,} x {cols:,}")
+    # graph breaks: dynamo's trace of one training forward, as torch.compile would split it
+    dtype = pick_dtype("auto", device)
+    model = GPT(check.config).to(device).train()
+    T = min(s["explain_tokens"], check.config.block_size)
+    idx = torch.randint(0, check.config.vocab_size, (1, T), device=device)
+    torch._dynamo.reset()
+    with autocast_for(device, dtype):
+        explanation = torch._dynamo.explain(model)(idx, idx, return_logits=False)
+    torch._dynamo.reset()
+    reasons = [getattr(r, "reason", str(r)) for r in explanation.break_reasons]
+    yield ("compiled model graph breaks", str(explanation.graph_break_count), "0",
+           f"{explanation.graph_count} graph(s), {explanation.op_count} ops, {dtype}, T={T}"
+           + (f"; first break: {str(reasons[0]).splitlines()[0][:120]}" if reasons else ""))
+
+
+def part_training(check):
+    """Training tokens/s, MFU and peak memory: GELU and Wiggle, eager, eager kernel, compiled."""
+    s = check.sizes
+    yield from training_rows(check.device, check.config, s["max_batch"], s["repeats"], s["compiled"],
+                             figures=check.figures.setdefault("training", {}), time_left=check.time_left)
+
+
+def part_activation_speed(check):
+    """The activation alone at the training shape, forward + backward: the kernel in GB/s (its
+    bytes from traffic_bytes) against the card's bandwidth, and the PyTorch path's and GELU's
+    times for the same x; and the PyTorch path's bytes counted op by op on this device."""
+    import gpu_bio
+    from torch.nn import functional as F
+
+    from model_bio import OscillateFunction
+    from wigglegpt import oscillate_triton
+    device, s = check.device, check.sizes
+    rows, cols = s["max_batch"] * check.config.block_size, 4 * check.config.n_embd
+    ok, why = oscillate_triton.available(_device_type(device))
+    bandwidth = bandwidth_for(gpu_bio.device_name(device))
+    if not ok:
+        yield ("activation kernel forward+backward", "unavailable", "-", why)
+    ms = lambda t: f"{t * 1000:.2f} ms"  # noqa: E731
+    for dtype in (torch.bfloat16, torch.float32):
+        name = str(dtype).removeprefix("torch.")
+        x, params, grad_y = activation_inputs(rows, cols, dtype, device)
+        inputs = [x.requires_grad_(), *(p.requires_grad_() for p in params)]
+
+        def forward_backward(fn, inputs):
+            def run():
+                torch.autograd.grad(fn(*inputs), inputs, grad_y)
+                _sync(device)
+            return run
+
+        fns = {"torch": forward_backward(OscillateFunction.apply, inputs), "gelu": forward_backward(F.gelu, inputs[:1])}
+        if ok:
+            fns["kernel"] = forward_backward(oscillate_triton.oscillate, inputs)
+        times = median_seconds_side_by_side(fns, repeats=s["act_repeats"], warmup=2)
+        shape = f"{rows:,} x {cols:,} {name}"
+        if ok:
+            traffic = oscillate_triton.traffic_bytes(rows, cols, dtype)
+            rate = (traffic["forward"] + traffic["backward"]) / times["kernel"]
+            share = (f"{rate / bandwidth:.0%} of the card's {bandwidth / 1e9:,.0f} GB/s" if bandwidth
+                     else "bandwidth unknown")
+            yield (f"activation kernel forward+backward, {name}", f"{rate / 1e9:,.0f} GB/s", "-",
+                   f"{share}; {ms(times['kernel'])} for {shape}, bytes from traffic_bytes")
+            yield (f"  kernel / GELU time, {name}", f"{times['kernel'] / times['gelu']:.2f}x", "<= 1.3x",
+                   f"{ms(times['kernel'])} vs {ms(times['gelu'])} (GELU's eager forward + backward)")
+            yield (f"  PyTorch path / kernel time, {name}", f"{times['torch'] / times['kernel']:.1f}x", "(reference)",
+                   f"{ms(times['torch'])} vs {ms(times['kernel'])}")
+        else:
+            yield (f"  PyTorch path / GELU time, {name}", f"{times['torch'] / times['gelu']:.1f}x", "(reference)",
+                   f"{ms(times['torch'])} vs {ms(times['gelu'])} for {shape}")
+        forward, backward = activation_traffic(oscillating_activation(cols), (64, cols), dtype, device)
+        yield (f"  PyTorch path traffic on {_device_type(device)}, {name}", f"{forward + backward:.0f} B/element", "-",
+               f"forward {forward:.0f} + backward {backward:.0f}, every aten op's tensors counted (TorchDispatchMode)")
+
+
+def _counting_syncs(fn, counts, starts, cuda):
+    """fn, wrapped to append the synchronizing CUDA calls torch's sync debug mode reports during
+    each call to counts (and the call's start time to starts). Off CUDA nothing is counted."""
+    def wrapper(*args, **kwargs):
+        starts.append(time.perf_counter())
+        if not cuda:
+            return fn(*args, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # every one, not once per place
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+                counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    return wrapper
+
+
+def part_train_loop(check):
+    """The real loop: train_bio.train for a few iterations on random tokens in a temp folder, the
+    model and batch of the training part, against the bare step measured there; and the GPU syncs
+    per iteration in train_step and log_iteration."""
+    import numpy as np
+
+    import model_bio
+    import train_bio
+    device, cfg, s = check.device, check.config, check.sizes
+    cuda = device.startswith("cuda")
+    measured = check.figures.get("training", {})
+    T, iters, warm = cfg.block_size, s["loop_iters"], s["loop_warm"]
+    compiled = train_bio.compile_choice("auto", device)[0]  # what train_bio will do here
+    kernel = model_bio.uses_kernel(cfg.activation_kernel, _device_type(device))
+    bare_mode = "compiled" if compiled else "eager kernel" if kernel else "eager"
+    bare = measured.get(("Wiggle" if cfg.use_bio_mlp else "GELU", bare_mode))
+    B = measured.get("B")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = os.path.join(tmp, "data", "random")
+        os.makedirs(folder)
+        n_tokens = max(4 * (B or s["max_batch"]) * T + 2, 1 << 16)
+        rng = np.random.default_rng(0)
+        for split in ("train", "val"):
+            ids = rng.integers(0, min(cfg.vocab_size, 50257), n_tokens, dtype=np.uint16)  # GPT-2's ids
+            ids.tofile(os.path.join(folder, f"{split}.bin"))
+        settings = {f: getattr(cfg, f) for f in train_bio.MODEL_FIELDS if f in train_bio.SETTINGS}
+        settings.update(data_root=os.path.join(tmp, "data"), dataset="random", out_dir=os.path.join(tmp, "out"),
+                        device=device, max_iters=iters, eval_interval=iters, eval_iters=1, log_interval=1,
+                        always_save_checkpoint=False, seed=0)
+        if B:  # the training part's micro-batch, so the step is the bare one
+            settings.update(batch_size=B, gradient_accumulation_steps=1,
+                            gradient_checkpointing=measured.get("checkpointing", False))
+        else:  # not measured (skipped, or --only): train_bio's own search
+            settings.update(batch_size="auto", tokens_per_iter=s["max_batch"] * T)
+        step_syncs, log_syncs, starts = [], [], []
+        real_step, real_log = train_bio.train_step, train_bio.log_iteration
+        train_bio.train_step = _counting_syncs(real_step, step_syncs, starts, cuda)
+        train_bio.log_iteration = _counting_syncs(real_log, log_syncs, [], cuda)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # its log lines; the rows tell
+                train_bio.train(settings)
+        finally:
+            train_bio.train_step, train_bio.log_iteration = real_step, real_log
+        with open(os.path.join(settings["out_dir"], "metrics.jsonl"), encoding="utf-8") as f:
+            records = [json.loads(line) for line in f]
+    start = records[0]
+    train = [r for r in records if r["kind"] == "train"][warm:]
+    if not train:
+        raise RuntimeError(f"no training iterations after the {warm} warm-up ones; raise loop_iters")
+    tokens = start["tokens_per_iter"]
+    loop = statistics.median(r["tokens_per_sec"] for r in train)
+    gaps = [b - a for a, b in zip(starts[warm:], starts[warm + 1:])]  # train_step start to the next one's
+    wall = tokens / statistics.median(gaps) if gaps else None
+    shape = (f"B={start['config']['batch_size']} x {start['config']['gradient_accumulation_steps']}, T={T}, "
+             f"{start['dtype']}, {'compiled' if compiled else 'eager'}, iterations {warm}-{iters - 1}")
+    if bare is not None:
+        yield ("train_bio loop / bare step tokens/s", f"{loop / bare[0]:.2f}x", ">= 0.95x",
+               f"{loop:,.0f} (its metrics' tokens_per_sec) vs {bare[0]:,.0f} tok/s, the training part's "
+               f"{bare_mode} step; {shape}")
+    else:
+        yield ("train_bio loop tokens/s", f"{loop:,.0f}", "-",
+               f"its metrics' tokens_per_sec (no bare step measured); {shape}")
+    if wall is not None:
+        yield ("  train_bio loop, start to start", f"{wall:,.0f} tok/s", "-",
+               f"time between train_step calls, logging and metrics writes included ({wall / loop:.2f}x the "
+               "metrics' figure)")
+    if not cuda:
+        yield ("train_bio GPU syncs per iteration", "n/a", "-", "needs CUDA (torch.cuda.set_sync_debug_mode)")
+        return
+    step_counts, log_counts = step_syncs[warm:], log_syncs[warm:]
+    per_iteration = (sum(step_counts) + sum(log_counts)) / max(len(step_counts), 1)
+    yield ("train_bio GPU syncs per iteration", f"{per_iteration:.1f}", "<= 1",
+           f"train_step {statistics.mean(step_counts):.1f} + log_iteration {statistics.mean(log_counts or [0]):.1f}: "
+           "the synchronizing CUDA calls torch.cuda.set_sync_debug_mode('warn') reports (blocking copies to and "
+           "from the host such as .item(), .tolist(), torch.tensor(..., device='cuda'), and stream syncs)")
+
+
+def part_batch_auto(check):
+    """What batch_size='auto' picks for the model when the card holds only 8 or 16 GB (the
+    allocator limited by torch.cuda.set_per_process_memory_fraction), and gpu_bio's estimate
+    for that batch against the peak one real training step allocates."""
+    for budget_gb in check.sizes["budgets_gb"]:
+        gc.collect()
+        if check.device.startswith("cuda"):
+            torch.cuda.empty_cache()  # what earlier parts left cached must not count against the budget
+        yield from _batch_under(check, budget_gb)  # a function: nothing of one budget outlives it
+
+
+def _batch_under(check, budget_gb):
+    import gpu_bio
+    from model_bio import GPT
+    from settings_bio import autocast_for, pick_dtype
+    device, cfg = check.device, check.config
+    cuda = device.startswith("cuda")
+    T, sequences = cfg.block_size, check.sizes["auto_sequences"]
+    dtype = pick_dtype("auto", device)
+    autocast = autocast_for(device, dtype)
+    what, goal = f"batch_size='auto' under {budget_gb} GB", (">= 4, no checkpointing" if budget_gb == 8 else "-")
+    quiet = lambda line: None  # noqa: E731
+    model = GPT(cfg).to(device)
+    estimate = gpu_bio.memory_estimate(cfg, sum(p.numel() for p in model.parameters()), T, dtype)
+    index = gpu_bio.cuda_index(device) if cuda else None
+    try:
+        if cuda:
+            total = torch.cuda.get_device_properties(index).total_memory
+            if budget_gb * 2**30 > total:
+                yield (what, "skipped", "-", f"the card has only {total / 2**30:.1f} GiB")
+                return
+            outside = gpu_bio.memory_outside_allocator(device)  # the CUDA context: a small card holds it too
+            limit = budget_gb * 2**30 - outside
+            torch.cuda.set_per_process_memory_fraction(limit / total, index)
+            B, checkpointing = gpu_bio.auto_batch(model, T, sequences, dtype, device, autocast, False, log=quiet)
+            where = f"allocator limited to {limit / 2**30:.2f} GiB, {outside / 2**30:.2f} GiB being held outside it"
+        else:  # the search auto_batch makes off CUDA: the estimate, here against budget_gb of free memory
+            B, checkpointing = gpu_bio.find_batch_size(gpu_bio.estimate_trial(estimate, budget_gb * 2**30),
+                                                       sequences, False, quiet)
+            where = f"{device}: the estimate against {budget_gb} GiB free"
+        need = gpu_bio.needed_bytes(estimate, B, checkpointing)
+        picked = f"{B}" + (" checkpointed" if checkpointing else "")
+        shape = f"of {sequences} sequences of {T}, {dtype}; estimate {need / 2**30:.2f} GiB"
+        model.config.gradient_checkpointing = checkpointing
+        opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), _device_type(device))
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        try:  # one real training step at the pick
+            x = torch.randint(0, cfg.vocab_size, (B, T), device=device)
+            with autocast:
+                _, loss = model(x, x, return_logits=False)
+            loss.backward()
+            opt.step()  # makes the AdamW states: the peak of a real step
+            opt.zero_grad(set_to_none=True)
+            _sync(device)
+        except Exception as e:  # noqa: BLE001 (not fitting is the finding; anything else is raised)
+            if not gpu_bio.is_out_of_memory(e):
+                raise
+            yield (what, picked, goal, f"but one real training step at it ran out of memory; {shape}; {where}")
+            return
+        if not cuda:
+            yield (what, picked, goal, f"{shape}; {where}")
+            return
+        peak = torch.cuda.max_memory_allocated(device)
+        yield (what, picked, goal, f"{shape} vs {peak / 2**30:.2f} GiB allocated at the peak of one step; {where}")
+        yield (f"  memory estimate / measured, {budget_gb} GB", f"{need / peak:.2f}x", "~1.0x",
+               "gpu_bio.needed_bytes against torch.cuda.max_memory_allocated (fused AdamW, chunked loss)")
+    finally:
+        if cuda:
+            torch.cuda.set_per_process_memory_fraction(1.0, index)
+
+
+def part_fp16(check):
+    """fp16 autocast with the GradScaler, as a GPU without bf16 trains: a few eager steps on one
+    fixed batch (so the loss has something to learn), its loss, loss scale and tokens/s."""
+    import math
+
+    from model_bio import GPT
+    device, cfg, s = check.device, check.config, check.sizes
+    device_type = _device_type(device)
+    B = min(s["fp16_batch"], check.figures.get("training", {}).get("B") or s["fp16_batch"])  # what fits
+    T, steps = cfg.block_size, s["fp16_steps"]
+    torch.manual_seed(0)
+    model = GPT(cfg).to(device)
+    opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device_type)
+    scaler = torch.amp.GradScaler(device_type)
+    tokens = torch.randint(0, cfg.vocab_size, (B, T + 1), device=device)
+    idx, targets = tokens[:, :-1], tokens[:, 1:]
+    losses, times, scales = [], [], [scaler.get_scale()]
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        with torch.autocast(device_type, dtype=torch.float16):
+            _, loss = model(idx, targets, return_logits=False)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)  # clipped as train_bio clips: the true gradients
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())  # syncs the GPU: the step's time covers its work
+        times.append(time.perf_counter() - t0)
+        scales.append(scaler.get_scale())
+    skipped = sum(b < a for a, b in zip(scales, scales[1:]))  # the scale backs off on every inf/nan step
+    finite = all(math.isfinite(v) for v in losses)
+    verdict = ("finite, decreasing" if losses[-1] < losses[0] else "finite, not decreasing") if finite else "NOT FINITE"
+    rate = B * T / statistics.median(times[min(2, steps - 1):])
+    yield (f"fp16 + GradScaler, {steps} steps", verdict, "finite, decreasing",
+           f"loss {losses[0]:.3f} -> {losses[-1]:.3f}; scale {scales[-1]:,.0f}, {skipped} step(s) skipped on inf/nan; "
+           f"{rate:,.0f} tok/s, B={B}, T={T}, eager, activation_kernel={cfg.activation_kernel!r}")
+
+
+GPU_PARTS = {  # name -> (part, seconds it needs on an H100-class GPU)
+    "environment": (part_environment, 5),
+    "numerics": (part_numerics, 60),
+    "training": (part_training, 190),
+    "activation": (part_activation_speed, 15),
+    "train_loop": (part_train_loop, 100),
+    "batch_auto": (part_batch_auto, 45),
+    "fp16": (part_fp16, 20),
+}
+
+
+class PartTimeout(BaseException):
+    """Raised by the alarm in a part that ran past its time. A BaseException, so that no
+    `except Exception` inside torch swallows it."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds):
+    """PartTimeout in the main thread after seconds (where there is SIGALRM; elsewhere no limit)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def alarm(signum, frame):
+        raise PartTimeout(f"stopped after {seconds:,.1f} s, its share of the check's time")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+ROW_FIELDS = ("what", "measured", "goal", "detail")
+
+
+def _number(measured):
+    """The number of a measured cell ('1.02x', '45.1%', '12,345'), else None."""
+    match = re.fullmatch(r"(-?[\d,]*\.?\d+(?:e[-+]?\d+)?)\s*(x|%)?", str(measured).strip())
+    return float(match.group(1).replace(",", "")) if match else None
+
+
+def run_gpu_check(device, config, sizes, out_path, budget_s=GPU_BUDGET_S, parts=None, log=print):
+    """Run the parts of GPU_PARTS named in parts (default: all) in turn and return their rows.
+    Each row is logged and written to out_path as one JSON line the moment it is measured (the
+    file is rewritten from the start). A part that would not fit in the time left is skipped with
+    a row saying so; one that fails, or runs past twice its share, becomes one row, and the
+    others still run. sizes: GPU_SIZES entries to replace."""
+    started = time.monotonic()
+    check = GpuCheck(device, config, {**GPU_SIZES, **sizes}, started + budget_s)
+    rows = []
+    try:
+        out = open(out_path, "w", encoding="utf-8")
+    except OSError as e:
+        raise write_error(out_path, e, "run the check again") from None
+    with out:
+        def write(record):
+            out.write(json.dumps(record) + "\n")
+            out.flush()  # in the file now: a run cut off still reports what it measured
+
+        def add(part, row):
+            rows.append(row)
+            write({"part": part, **dict(zip(ROW_FIELDS, row)), "value": _number(row[1]),
+                   "elapsed_s": round(time.monotonic() - started, 1)})
+            log(f"  {row[0]}: {row[1]}  (goal {row[2]})  {row[3]}")
+
+        write({"part": "start", "machine": machine_line(), "device": device, "budget_s": budget_s,
+               "parts": list(parts or GPU_PARTS), "time": time.time()})
+        for name in parts or GPU_PARTS:
+            run_part, needs = GPU_PARTS[name]
+            left = check.time_left()
+            if left < needs:
+                add(name, (name, "skipped", "-",
+                           f"{max(left, 0):.0f} s left of {budget_s:.0f} s; it needs about {needs} s"))
+                continue
+            log(f"running {name} ... ({left:.0f} s left)")
+            measured = run_part(check)
+            try:
+                with time_limit(min(left, 2 * needs) if needs else left):
+                    for row in measured:
+                        add(name, row)
+            except (Exception, PartTimeout) as e:  # noqa: BLE001 (one part must not lose the others)
+                add(name, failure_row(name, e))
+            finally:
+                if hasattr(measured, "close"):
+                    measured.close()  # the part's own finally blocks (memory fraction, patched functions) run now
+                torch._dynamo.reset()  # its compiled graphs go; recompile limits start afresh
+                gc.collect()
+                if device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+        write({"part": "end", "elapsed_s": round(time.monotonic() - started, 1)})
+    return rows
+
+
+def gpu_main(cfg):
+    """--gpu: the check on the current CUDA device with the published 124M config."""
+    wanted = [p for p in cfg.only.split(",") if p] or list(GPU_PARTS)
+    unknown = [p for p in wanted if p not in GPU_PARTS]
+    if unknown:
+        raise UserError(f"unknown GPU check part(s) {', '.join(unknown)}; choose from {', '.join(GPU_PARTS)}")
+    if not torch.cuda.is_available():
+        raise UserError("--gpu needs a CUDA GPU, and torch sees none here (no GPU, or a CPU-only torch build); "
+                        "run it on a machine with one, or drop --gpu for the CPU sections")
+    from model_bio import GPTConfig
+    torch.backends.cuda.matmul.allow_tf32 = True  # as train_bio sets them
+    torch.backends.cudnn.allow_tf32 = True
+    print(f"machine: {machine_line()}")
+    print(f"GPU check ({', '.join(wanted)}), {GPU_BUDGET_S} s at most; each row also goes to {cfg.out} "
+          "as it is measured", flush=True)
+    torch.manual_seed(cfg.seed)
+    rows = run_gpu_check("cuda", GPTConfig(), {}, cfg.out, parts=wanted, log=lambda line: print(line, flush=True))
+    print()
+    print_table(rows)
+
+
 # --- report --------------------------------------------------------------------------
 
 def machine_line():
@@ -387,15 +1186,20 @@ def print_table(rows):
         print(line.format(*(str(c) for c in row)))
 
 
+def failure_row(name, error):
+    """The row of a section or part that raised: its name and the error's first line."""
+    reason = (str(error).strip().splitlines() or [""])[0][:160]
+    return (name, "failed", "-", f"{type(error).__name__}: {reason}")
+
+
 def run_section(name, quick):
     """A section's rows; a section that fails (out of memory, a missing tool) becomes one row
     with its one-line error, and the other sections still report."""
     try:
         return SECTIONS[name](quick)
     except Exception as e:  # noqa: BLE001 (any failure of one section must not lose the report)
-        reason = (str(e).strip().splitlines() or [""])[0][:160]
-        print(f"  {name} failed: {type(e).__name__}: {reason}", flush=True)
-        failed = [(name, "failed", "-", f"{type(e).__name__}: {reason}")]
+        failed = [failure_row(name, e)]
+        print(f"  {name} failed: {failed[0][3]}", flush=True)
     gc.collect()  # the failed section's tensors, before the next section needs the memory
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -404,6 +1208,8 @@ def run_section(name, quick):
 
 def main():
     cfg = load_settings(SETTINGS, description=__doc__.strip().splitlines()[0], allow_config_file=False)
+    if cfg.gpu:
+        return gpu_main(cfg)
     wanted = [s for s in cfg.only.split(",") if s] or list(SECTIONS)
     unknown = [s for s in wanted if s not in SECTIONS]
     if unknown:

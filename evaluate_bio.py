@@ -126,7 +126,7 @@ def val_loss_bpb(model, folder, n_windows=100, batch_size=8, block_size=0, seed=
     for i in tqdm(range(0, n_windows, batch_size), desc=f"{split} loss", leave=False, disable=None):
         x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)
         with autocast:
-            _, loss = model(x, y)
+            _, loss = model(x, y, return_logits=False)  # the loss alone: no full logits held
         count = int((y >= 0).sum())
         if count:  # a masked window with no assistant token adds nothing (its mean loss is nan)
             nats += float(loss) * count

@@ -23,6 +23,7 @@ PEAK_FLOPS = [  # (device-name pattern, dense FLOP/s), first match wins: "3060 T
     # Turing / Volta
     (r"RTX 2080 Ti", 56.9e12),
     (r"\bT4\b", 65e12),
+    (r"V100S", 130e12),  # PCIe, at higher clocks than the V100 PCIe
     (r"V100.*PCIE", 112e12),
     (r"V100", 125e12),  # SXM2
     # Ampere GeForce (GA10x whitepaper, fp32 accumulate)
@@ -47,14 +48,17 @@ PEAK_FLOPS = [  # (device-name pattern, dense FLOP/s), first match wins: "3060 T
     (r"RTX 5080", 112.6e12),
     (r"RTX 5090", 209.5e12),
     # data center
-    (r"A100", 312e12),
+    (r"\bA100\b", 312e12),  # not the RTX A1000 (a small workstation card)
     (r"\bA10\b", 125e12),  # not the A10G: AWS's variant runs at other clocks
     (r"\bL4\b", 121e12),
     (r"L40S", 362e12),
     (r"H100.*PCIE", 756e12),
     (r"H100.*NVL", 835e12),
     (r"H100", 989e12),  # SXM (HBM3)
-    (r"H200", 989e12),
+    (r"GH200", 989e12),  # the H100 SXM's die beside a Grace CPU
+    (r"H200.*NVL", 835e12),  # PCIe, lower power: the H100 NVL's rate
+    (r"H200", 989e12),  # SXM
+    (r"\bB200\b", 2250e12),  # HGX/DGX B200 (not the GB200, which runs at other clocks)
 ]
 
 # a mobile part shares the desktop name but runs at far lower clocks and power
@@ -123,32 +127,64 @@ def has_native_bf16(device):
 GB = 2**30
 
 
-def memory_estimate(config, n_params, seq_len, dtype):
-    """Bytes a training run needs: fixed (weights, gradients, AdamW states) and per sequence.
+def memory_estimate(config, n_params, seq_len, dtype, cuda_context=0):
+    """Bytes a training run needs: fixed parts (FIXED_PARTS) and per sequence of seq_len tokens.
+
+    Fixed: fp32 weights, gradients and AdamW's two states; under bf16/fp16 autocast the 2-byte
+    copy of every matmul weight, which autocast caches for the whole forward and backward; the
+    loss's fp32 gradient of the output layer (vocab_size x n_embd) and its smallest chunk of
+    logits (below); and cuda_context, what the caller measured on the device beyond PyTorch's
+    allocator (memory_outside_allocator; 0 off CUDA).
 
     Activations follow the tensors autograd saves for backward, measured on this model: per
     block and token, 7 fp32 values of n_embd (residual stream, norm inputs) plus 14 values in
     the compute dtype (q, k, v, attention output, MLP hidden ...); with gradient checkpointing
-    only each block's fp32 input stays, and one block is rebuilt at a time in backward. The
-    logits cost 8 bytes (fp32 log-softmax and its gradient) plus 2 values in the compute dtype
-    (logits and their gradient) per vocabulary entry and token. Allocator slack and the CUDA context come on top.
+    only each block's fp32 input stays, and one block is rebuilt at a time in backward.
+
+    The loss (model_bio.LinearCrossEntropy) never holds the full B x T x vocab logits: per
+    token it keeps the gradient of the final hidden state (n_embd values in the compute dtype
+    plus an fp32 copy), and it works through chunks of max(256, B*T*n_embd / vocab_size)
+    positions, each chunk's logits costing 12 bytes per vocabulary entry (fp32 logits, their
+    softmax/gradient, a cast): 12 bytes per token and n_embd on top of 256 positions' worth.
+    Allocator slack comes on top.
     """
     act = 4 if dtype == "float32" else 2
     C, T, L, V = config.n_embd, seq_len, config.n_layer, config.vocab_size
     per_block = T * C * (7 * 4 + 14 * act)
-    outside = T * C * 7 * 4 + T * V * (8 + 2 * act)
+    outside = T * C * 7 * 4 + T * C * (act + 4) + T * C * 12  # embeddings/final norm, dL/dx, logits chunk
     return {
         "weights": 4 * n_params,  # fp32 master weights (autocast computes in the low dtype)
         "gradients": 4 * n_params,
         "adamw": 8 * n_params,  # exp_avg and exp_avg_sq
+        "autocast_weights": 0 if dtype == "float32" else 2 * n_params,
+        "lm_head_gradient": V * C * 4,  # summed over the chunks in fp32
+        "logits_chunk": 256 * V * 12,  # the smallest chunk; larger batches' share is per sequence
+        "cuda_context": cuda_context,
         "per_sequence": L * per_block + outside,
         "per_sequence_checkpointed": L * T * C * 4 + per_block + outside,
     }
 
 
+# the estimate's parts that do not grow with the batch, as memory_report names them
+FIXED_PARTS = [("weights", "weights"), ("gradients", "gradients"), ("adamw", "AdamW"),
+               ("autocast_weights", "autocast weight copies"), ("lm_head_gradient", "lm_head gradient"),
+               ("logits_chunk", "logits chunk"), ("cuda_context", "CUDA context and other programs")]
+
+
+def fixed_bytes(estimate):
+    return sum(estimate[key] for key, _ in FIXED_PARTS)
+
+
 def needed_bytes(estimate, batch_size, checkpointing):
     per = estimate["per_sequence_checkpointed" if checkpointing else "per_sequence"]
-    return estimate["weights"] + estimate["gradients"] + estimate["adamw"] + batch_size * per
+    return fixed_bytes(estimate) + batch_size * per
+
+
+def memory_outside_allocator(device):
+    """Bytes the CUDA device has in use beyond this process's PyTorch allocator: the CUDA
+    context (about 0.3-0.6 GB, more once kernels are loaded) and any other program on the card."""
+    free, total = torch.cuda.mem_get_info(cuda_index(device))
+    return total - free - torch.cuda.memory_reserved(device)
 
 
 def free_memory(device):
@@ -169,15 +205,16 @@ def free_memory(device):
         return None
 
 
-def memory_report(estimate, batch_size, checkpointing, free):
-    """Lines that set the estimate against the free memory, with advice when it will not fit."""
+def memory_report(estimate, batch_size, checkpointing, free, of="free"):
+    """Lines that set the estimate against free, the bytes the run may use (of: what they are),
+    with advice when it will not fit. Fixed parts that are 0 (fp32 has no autocast copies) are left out."""
     gb = lambda n: f"{n / GB:.2f} GB"  # noqa: E731
     total = needed_bytes(estimate, batch_size, checkpointing)
-    lines = [f"memory estimate: weights {gb(estimate['weights'])}, gradients {gb(estimate['gradients'])}, "
-             f"AdamW {gb(estimate['adamw'])}; activations {gb(estimate['per_sequence'])} per sequence "
+    fixed = ", ".join(f"{name} {gb(estimate[key])}" for key, name in FIXED_PARTS if estimate[key])
+    lines = [f"memory estimate: {fixed}; activations {gb(estimate['per_sequence'])} per sequence "
              f"({gb(estimate['per_sequence_checkpointed'])} with gradient checkpointing) x batch_size {batch_size}"
              f"{' (checkpointed)' if checkpointing else ''}: about {gb(total)}"
-             + (f" of {gb(free)} free" if free is not None else "")]
+             + (f" of {gb(free)} {of}" if free is not None else "")]
     if free is not None and total > free:
         advice = ["batch_size='auto' (finds the largest batch that fits)"]
         if not checkpointing:
@@ -194,24 +231,53 @@ def divisors_descending(n):
     return [d for d in range(n, 0, -1) if n % d == 0]
 
 
-def find_batch_size(trial, sequences, checkpointing=False, log=print):
+# a failed allocation that is not raised as torch.OutOfMemoryError: cuBLAS/cuDNN failing to make
+# a handle or workspace, or a raw CUDA "out of memory" (newer torch raises AcceleratorError)
+_ALLOCATION_FAILURES = ("out of memory", "cublas_status_alloc_failed", "cudnn_status_alloc_failed")
+_DEVICE_ERRORS = (RuntimeError,) + ((torch.AcceleratorError,) if hasattr(torch, "AcceleratorError") else ())
+
+
+def is_out_of_memory(error):
+    """True when error says the device ran out of memory, in any of the ways CUDA libraries say it."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    return isinstance(error, _DEVICE_ERRORS) and any(m in str(error).lower() for m in _ALLOCATION_FAILURES)
+
+
+def fits(trial, batch, checkpointing, log, what="batch_size"):
+    """Runs trial(batch, checkpointing): False, logged, when it ran out of memory; any other error propagates."""
+    try:
+        trial(batch, checkpointing)
+    except Exception as e:  # an allocation failure need not be an OutOfMemoryError
+        if not is_out_of_memory(e):
+            raise
+        reason = (str(e).strip().splitlines() or ["out of memory"])[0][:120]
+        log(f"{what} {batch}{' (checkpointed)' if checkpointing else ''} does not fit: {reason}")
+        return False
+    return True
+
+
+def find_batch_size(trial, sequences, checkpointing=False, log=print, warm_up=False):
     """The largest micro-batch that fits, as (batch_size, gradient_checkpointing).
 
     sequences: sequences each process handles per iteration; the micro-batch must divide it so
     that batch_size x gradient accumulation keeps the tokens per iteration. trial(batch,
-    checkpointing) runs one forward and backward and raises torch.OutOfMemoryError when it does
-    not fit. Without checkpointing every divisor is tried, largest first; if not even one
-    sequence fits, gradient checkpointing is the next step down.
+    checkpointing) runs one forward and backward and raises torch.OutOfMemoryError (or another
+    allocation failure, see is_out_of_memory) when it does not fit. Without checkpointing every
+    divisor is tried, largest first; if not even one sequence fits, gradient checkpointing is
+    the next step down.
+
+    warm_up: first run one sequence, so that what a first step makes once and keeps (cuBLAS
+    handles, attention workspaces, the allocator's first blocks) exists before the largest batch
+    is measured; otherwise that batch is measured without them and a real step can run out.
+    Whether the warm-up fits changes nothing: the search runs as it would have.
     """
+    if warm_up:
+        fits(trial, 1, checkpointing, log, what="warm-up: batch_size")
     for use_checkpointing in ([True] if checkpointing else [False, True]):
         for batch in divisors_descending(sequences):
-            try:
-                trial(batch, use_checkpointing)
-            except torch.OutOfMemoryError as e:
-                reason = (str(e).strip().splitlines() or ["out of memory"])[0][:120]
-                log(f"batch_size {batch}{' (checkpointed)' if use_checkpointing else ''} does not fit: {reason}")
-                continue
-            return batch, use_checkpointing
+            if fits(trial, batch, use_checkpointing, log):
+                return batch, use_checkpointing
     raise UserError("not even one sequence fits in memory with gradient checkpointing; lower block_size, "
                     "use a smaller model, or free the GPU from other programs")
 
@@ -229,8 +295,11 @@ def estimate_trial(estimate, free, headroom=0.8):
 def cuda_trial(model, optimizer_bytes, seq_len, device, autocast, headroom=0.9):
     """A trial that really runs a forward and backward of random tokens on the GPU, with the
     AdamW states (made only at the first step) held as a reserved block, and a run that ends
-    above headroom x the card's memory counted as not fitting (fragmentation, pinned batches)."""
-    total = torch.cuda.get_device_properties(cuda_index(device)).total_memory
+    above headroom x the memory this run may use counted as not fitting (fragmentation, pinned
+    batches). That memory is what is free on the card now plus what this process already holds:
+    another program on the card (a desktop, a second run) counts against it."""
+    free, _ = torch.cuda.mem_get_info(cuda_index(device))
+    available_to_run = free + torch.cuda.memory_reserved(device)
 
     def trial(batch, checkpointing):
         model.config.gradient_checkpointing = checkpointing
@@ -240,13 +309,14 @@ def cuda_trial(model, optimizer_bytes, seq_len, device, autocast, headroom=0.9):
             reserve = torch.empty(optimizer_bytes, dtype=torch.uint8, device=device)
             x = torch.randint(model.config.vocab_size, (batch, seq_len), device=device)
             with autocast:
-                _, loss = model(x, x)
+                _, loss = model(x, x, return_logits=False)  # as training: the chunked loss
             loss.backward()
-            torch.cuda.synchronize(device)
+            torch.cuda.synchronize(device)  # waits for the GPU: the peak is only known once it is done
             del reserve, x, loss
             peak = torch.cuda.max_memory_reserved(device)
-            if peak > headroom * total:
-                raise torch.OutOfMemoryError(f"peak {peak / GB:.2f} GB is over {headroom:.0%} of the card")
+            if peak > headroom * available_to_run:
+                raise torch.OutOfMemoryError(f"peak {peak / GB:.2f} GB is over {headroom:.0%} of the "
+                                             f"{available_to_run / GB:.2f} GB free to this run")
         finally:
             model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()  # the next, smaller try starts from a clean allocator
@@ -267,7 +337,8 @@ def auto_batch(model, seq_len, sequences, dtype, device, autocast, checkpointing
         else:
             available = free_memory(device)
             trial = estimate_trial(estimate, available[0] if available else None)
-        chosen = agree_across_processes(*find_batch_size(trial, sequences, checkpointing, log), sequences, device)
+        found = find_batch_size(trial, sequences, checkpointing, log, warm_up=device.startswith("cuda"))
+        chosen = agree_across_processes(*found, sequences, device)
     model.config.gradient_checkpointing = chosen[1]
     model.train(was_training)
     return chosen
@@ -286,8 +357,9 @@ def agree_across_processes(batch, checkpointing, sequences, device):
 
 
 def startup_memory_report(model, seq_len, batch_size, dtype, device):
-    """The memory-estimate lines a CUDA run prints at start (see memory_report)."""
-    estimate = memory_estimate(model.config, sum(p.numel() for p in model.parameters()), seq_len, dtype)
-    free = free_memory(device)[0] + torch.cuda.memory_allocated(device)  # the weights, already there, are counted
-    return memory_report(estimate, batch_size, model.config.gradient_checkpointing, free)
-
+    """The memory-estimate lines a CUDA run prints at start (see memory_report): the estimate,
+    with what the device holds outside PyTorch's allocator, against the card's whole memory."""
+    n_params = sum(p.numel() for p in model.parameters())
+    estimate = memory_estimate(model.config, n_params, seq_len, dtype, memory_outside_allocator(device))
+    _, total = free_memory(device)
+    return memory_report(estimate, batch_size, model.config.gradient_checkpointing, total, of="on the card")

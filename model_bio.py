@@ -20,8 +20,10 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from wigglegpt import oscillate_triton  # the fused kernel; imports Triton only when first used
 
 SPARSE_GATE_KINDS = ("lightweight", "event_layer")
+ACTIVATION_KERNELS = ("auto", "triton", "torch")
 
 
 @dataclass
@@ -52,6 +54,10 @@ class GPTConfig:
     # GELU of the baseline MLP: 'none' is the exact erf form, 'tanh' the approximation GPT-2
     # was trained with (its converted weights need it to give GPT-2's logits)
     gelu_approximate: str = "none"
+    # how the oscillating activation runs (the numbers are the same): 'triton' the fused kernel
+    # of wigglegpt/oscillate_triton.py, 'torch' plain PyTorch ops, 'auto' the kernel on a CUDA
+    # device where Triton works, PyTorch elsewhere
+    activation_kernel: str = "auto"
 
     def __post_init__(self):
         for f in fields(self):
@@ -77,6 +83,9 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.gelu_approximate not in ("none", "tanh"):
             raise ValueError(f"gelu_approximate must be 'none' or 'tanh', got {self.gelu_approximate!r}")
+        if self.activation_kernel not in ACTIVATION_KERNELS:
+            raise ValueError(f"activation_kernel must be one of {', '.join(ACTIVATION_KERNELS)}, "
+                             f"got {self.activation_kernel!r}")
         if self.sparse_gate_kind not in SPARSE_GATE_KINDS:
             raise ValueError(f"sparse_gate_kind must be one of {', '.join(SPARSE_GATE_KINDS)}, "
                              f"got {self.sparse_gate_kind!r}")
@@ -202,11 +211,15 @@ def oscillate_grads_eager(x, g, omega, phi):
     g_dtanh = torch.addcmul(g, g, t.square_(), value=-1.0, out=t)  # g * (1 - tanh(x)^2)
     # dy/dx = omega * cos(z) * tanh(x) + sin(z) * (1 - tanh(x)^2)
     grad_x = sin_z.mul_(g_dtanh).addcmul_(g_cos_t, omega)
-    # the parameters are shared by every position: sum over them, as ones @ (positions, D)
-    # (a BLAS gemv, much faster than a sum over the leading dims on a CPU)
-    ones = x.new_ones(x.numel() // D)
-    grad_omega = ones @ torch.mul(g_cos_t, x, out=g_dtanh).reshape(-1, D)
-    return grad_x, grad_omega, ones @ g_cos_t.reshape(-1, D), ones @ g.reshape(-1, D)
+    g_cos_t_x = torch.mul(g_cos_t, x, out=g_dtanh)
+    # the parameters are shared by every position: sum over them. On a CPU as ones @ (positions, D),
+    # a BLAS gemv much faster there than a sum over the leading dims; elsewhere as a plain fp32
+    # sum, since a matmul on a GPU may run as TF32 (allow_tf32) and lose 3 digits of the sums
+    if x.device.type == "cpu":
+        ones = x.new_ones(x.numel() // D)
+        return grad_x, ones @ g_cos_t_x.reshape(-1, D), ones @ g_cos_t.reshape(-1, D), ones @ g.reshape(-1, D)
+    rows = (-1, D)
+    return (grad_x, g_cos_t_x.reshape(rows).sum(0), g_cos_t.reshape(rows).sum(0), g.reshape(rows).sum(0))
 
 
 def oscillate_grads_traced(x, g, omega, phi):
@@ -247,16 +260,44 @@ class OscillateFunction(torch.autograd.Function):
                 grad_baseline.to(omega.dtype))
 
 
+_KERNEL_CHOICES = {}  # (setting, device type) -> bool: decided once, a plain lookup after that
+
+
+def uses_kernel(setting, device_type):
+    """Whether the oscillating activation runs as the Triton kernel on this device type (see
+    GPTConfig.activation_kernel). 'triton' where the kernel cannot run raises ValueError.
+    Off CUDA, 'auto' never asks Triton (whose import takes seconds). A model compiled with
+    torch.compile takes the kernel where this was asked before tracing (train_bio does)."""
+    key = (setting, device_type)
+    if key not in _KERNEL_CHOICES:
+        if setting == "torch" or (setting == "auto" and device_type != "cuda"):
+            _KERNEL_CHOICES[key] = False
+        else:
+            ok, reason = oscillate_triton.available(device_type)
+            if setting == "triton" and not ok:
+                raise ValueError(f"activation_kernel='triton' cannot run on {device_type}: {reason}; "
+                                 "use activation_kernel='auto' or 'torch'")
+            _KERNEL_CHOICES[key] = ok
+    return _KERNEL_CHOICES[key]
+
+
 class OscillatingActivation(nn.Module):
     """Learned frequency, phase and baseline for each of num_features neurons."""
 
-    def __init__(self, num_features):
+    def __init__(self, num_features, kernel="auto"):
         super().__init__()
+        self.kernel = kernel
         self.omega = nn.Parameter(torch.empty(num_features))
         self.phi = nn.Parameter(torch.empty(num_features))
         self.baseline = nn.Parameter(torch.empty(num_features))
 
     def forward(self, x):
+        if torch.compiler.is_compiling():  # decided before tracing (uses_kernel), or the PyTorch ops, which Inductor fuses
+            kernel = _KERNEL_CHOICES.get((self.kernel, x.device.type), False)
+        else:
+            kernel = uses_kernel(self.kernel, x.device.type)
+        if kernel and x.dtype != torch.float64:
+            return oscillate_triton.oscillate(x, self.omega, self.phi, self.baseline)  # one read of x, one write
         return OscillateFunction.apply(x, self.omega, self.phi, self.baseline)
 
 
@@ -272,12 +313,12 @@ class SparseEventLayer(nn.Module):
     voltage = sigmoid(gate(h)), out = oscillate(transform(h * spike(voltage))), with gate and
     transform full 4C x 4C Linears and a second oscillating activation of its own."""
 
-    def __init__(self, hidden, threshold, bias):
+    def __init__(self, hidden, threshold, bias, kernel="auto"):
         super().__init__()
         self.threshold = threshold
         self.gate = nn.Linear(hidden, hidden, bias=bias)
         self.transform = nn.Linear(hidden, hidden, bias=bias)
-        self.activation = OscillatingActivation(hidden)
+        self.activation = OscillatingActivation(hidden, kernel)
 
     def forward(self, h):
         strength, firing = spike(torch.sigmoid(self.gate(h)), self.threshold)
@@ -299,10 +340,10 @@ class MLP(nn.Module):
         self.bio_threshold = config.bio_threshold
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         if self.gate_kind == "event_layer":  # v2's names, so its checkpoints load as they are
-            self.oscillating = OscillatingActivation(hidden)
-            self.sparse_gate = SparseEventLayer(hidden, config.bio_threshold, config.bias)
+            self.oscillating = OscillatingActivation(hidden, config.activation_kernel)
+            self.sparse_gate = SparseEventLayer(hidden, config.bio_threshold, config.bias, config.activation_kernel)
         else:
-            self.activation = (OscillatingActivation(hidden) if config.use_bio_mlp
+            self.activation = (OscillatingActivation(hidden, config.activation_kernel) if config.use_bio_mlp
                                else nn.GELU(approximate=config.gelu_approximate))
         if self.gate_kind == "lightweight":
             self.gate_weight = nn.Parameter(torch.empty(hidden))
@@ -347,6 +388,64 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), rope, kv_cache)
         out, firing = self.mlp(self.ln_2(x))
         return x + out, firing
+
+
+# ---------------------------------------------------------------------------------------
+# the training loss, without the full logits
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of the logits x @ weight.T against targets (-1: ignored), made a chunk
+    of positions at a time. Each chunk's logits, softmax and logit gradient live only while the
+    chunk is worked on; what stays for backward is the gradient of x (x's size) and of weight
+    (an fp32 copy of its size). The plain path holds the whole (positions, vocab) logits, their
+    fp32 log-softmax and its gradient: several times the rest of a small model's activations.
+
+    x (N, C), weight (V, C), targets (N,) int64. The logits follow autocast as lm_head's would
+    (bf16 matmul, then fp32 for the softmax), so the loss is the plain path's.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, chunk_rows):
+        ctx.weight_dtype = weight.dtype
+        loss, grad_x, grad_w = chunked_cross_entropy(x, weight, targets, chunk_rows, with_grads=True)
+        ctx.save_for_backward(grad_x, grad_w)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss, (grad_w * grad_loss).to(ctx.weight_dtype), None, None
+
+
+def chunked_cross_entropy(x, weight, targets, chunk_rows, with_grads):
+    """(mean cross-entropy, its gradient for x or None, for weight or None): see LinearCrossEntropy."""
+    dt = torch.promote_types(x.dtype, torch.float32)  # the softmax in fp32 at least (fp64 stays)
+    total = torch.zeros((), dtype=dt, device=x.device)
+    grad_x = torch.empty_like(x) if with_grads else None
+    grad_w = torch.zeros(weight.shape, dtype=dt, device=weight.device) if with_grads else None
+    for start in range(0, x.shape[0], chunk_rows):
+        xc, tc = x[start:start + chunk_rows], targets[start:start + chunk_rows]
+        logits = (xc @ weight.t()).to(dt)  # (n, V): the only logits alive at a time
+        lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
+        keep = (tc != -1).unsqueeze(1)  # (n, 1)
+        picked = tc.clamp(min=0).unsqueeze(1)
+        total += ((lse - logits.gather(1, picked)) * keep).sum()
+        if with_grads:
+            # dloss/dlogits = softmax - one_hot(target) on the kept positions (divided by their count below)
+            grad = logits.sub_(lse).exp_().scatter_add_(1, picked, keep.to(dt).neg()).mul_(keep).to(x.dtype)
+            grad_x[start:start + chunk_rows] = grad @ weight  # autocast: in its dtype, as lm_head's backward
+            grad_w += grad.t() @ xc  # summed over the chunks in fp32
+    n_kept = (targets != -1).sum()
+    if with_grads:
+        grad_x.div_(n_kept)
+        grad_w.div_(n_kept)
+    return total / n_kept, grad_x, grad_w  # 0/0 = nan when nothing is kept, as F.cross_entropy gives
+
+
+def loss_chunk_rows(n_rows, n_embd, vocab_size):
+    """Positions per chunk of LinearCrossEntropy: a chunk's logits about the size of the whole
+    hidden state x (n_rows x n_embd), and at least 256 positions so each matmul stays large."""
+    return max(256, -(-n_rows * n_embd // vocab_size))
 
 
 # ---------------------------------------------------------------------------------------
@@ -419,11 +518,13 @@ class GPT(nn.Module):
     def new_kv_cache(self):
         return KVCache(self.config.n_layer, self.config.block_size)
 
-    def forward(self, idx, targets=None, kv_cache=None):
+    def forward(self, idx, targets=None, kv_cache=None, return_logits=True):
         """idx (B, T) token ids -> (logits, loss).
 
         With targets: logits (B, T, vocab) and the mean cross-entropy (targets of -1 are
         ignored). Without: logits of the last position only, (B, 1, vocab), and loss None.
+        With targets and return_logits=False: (None, loss), the loss made a chunk of positions
+        at a time (LinearCrossEntropy) without ever holding the full logits: what training asks.
         With a kv_cache the T tokens continue the cached sequence at position kv_cache.pos.
         """
         B, T = idx.shape
@@ -452,6 +553,12 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if targets is None:
             return self.lm_head(x[:, [-1], :]), None  # only the next token's logits are needed
+        if not return_logits:
+            x, targets = x.reshape(-1, x.size(-1)), targets.reshape(-1)  # (B * T, n_embd), (B * T,)
+            rows = loss_chunk_rows(x.size(0), self.config.n_embd, self.config.vocab_size)
+            if torch.is_grad_enabled():
+                return None, LinearCrossEntropy.apply(x, self.lm_head.weight, targets, rows)
+            return None, chunked_cross_entropy(x, self.lm_head.weight, targets, rows, with_grads=False)[0]
         logits = self.lm_head(x)
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss

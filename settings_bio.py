@@ -85,8 +85,12 @@ def _check_type(key, value, default, where, also=()):
     raise UserError(f"{key}={value!r} {where} should be {article} {kind} like the default {default!r}{extra}")
 
 
-def _parse_value(text, default):
-    """A command-line value is a Python literal (--betas=(0.9,0.95)), else a plain string."""
+def _parse_value(text, default, also=()):
+    """A command-line value is a Python literal (--betas=(0.9,0.95)), else a plain string.
+    A text setting that also takes literals (compile: 'auto', True or False) reads those too."""
+    for literal in also:
+        if not isinstance(literal, str) and text == repr(literal):
+            return literal
     if isinstance(default, str):
         return text
     try:
@@ -171,7 +175,7 @@ def load_settings(settings, argv=None, description="", allow_config_file=True, h
                 raise UserError(f"--{key} needs a value: --{key}=...")
             value = True
         else:
-            value = _parse_value(text, default)
+            value = _parse_value(text, default, settings[key][2:])
         values[key] = _check_type(key, value, default, "on the command line", settings[key][2:])
     return types.SimpleNamespace(**values)
 

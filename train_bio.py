@@ -34,6 +34,7 @@ import evaluate_bio
 import gpu_bio
 import optim_bio
 import settings_bio
+import model_bio
 from model_bio import GPT, GPTConfig
 from settings_bio import UserError, load_settings, run_main
 
@@ -75,6 +76,8 @@ SETTINGS = {
     "legacy_rope": (False, "the published checkpoints' RoPE, which encodes no position (set from old checkpoints)"),
     "gelu_approximate": ("none", "GELU MLP only: 'none' (exact) or 'tanh' (GPT-2's approximation; set from GPT-2)"),
     "gradient_checkpointing": (False, "recompute blocks in backward: much less memory, ~30% slower"),
+    "activation_kernel": ("auto", "how the oscillating activation runs: 'triton' (the fused kernel), 'torch' (plain "
+                                  "PyTorch ops) or 'auto' (the kernel on CUDA where Triton works, else torch)"),
     "use_sparse_gate": (False, "soft spike gate in the MLP (logs the share of units that fire)"),
     "sparse_gate_kind": ("lightweight", "'lightweight' (weight + bias per hidden unit) or 'event_layer' (v2: two 4C x 4C matrices)"),
     "bio_threshold": (0.25, "firing threshold of the sparse gate"),
@@ -103,7 +106,8 @@ SETTINGS = {
     "device": ("auto", "'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'"),
     "dtype": ("auto", "'auto' (bf16 on GPUs that compute it in hardware, else fp16; fp32 on the CPU), 'float32', "
                        "'bfloat16', 'float16' (mixed precision through torch.autocast, on the CPU too)"),
-    "compile": (False, "torch.compile the model (faster on recent GPUs, slow first iterations)"),
+    "compile": ("auto", "torch.compile the model: 'auto' on a CUDA GPU where Triton works (faster, slow first "
+                        "iterations), eager elsewhere; True or False force it", True, False),
     "compile_mode": ("default", "torch.compile mode: default, reduce-overhead, max-autotune or "
                                 "max-autotune-no-cudagraphs"),
     "backend": ("auto", "process-group backend under torchrun: auto (nccl on CUDA where built in, else gloo), "
@@ -121,7 +125,8 @@ SETTINGS = {
 
 MODEL_FIELDS = [f.name for f in fields(GPTConfig)]
 # fields a checkpoint fixes: its weights were trained with them
-ARCH_FIELDS = [f for f in MODEL_FIELDS if f not in ("block_size", "dropout", "gradient_checkpointing")]
+ARCH_FIELDS = [f for f in MODEL_FIELDS
+               if f not in ("block_size", "dropout", "gradient_checkpointing", "activation_kernel")]
 SCHEDULES = ("cosine", "wsd", "wsd_cosine", "constant")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BACKENDS = ("auto", "nccl", "gloo")
@@ -181,6 +186,8 @@ def check_settings(s):
         raise UserError(f"lr_decay_iters={s.lr_decay_iters} must be larger than warmup_iters={s.warmup_iters}{extra}")
     if s.optimizer_type not in optim_bio.OPTIMIZERS:
         raise UserError(f"optimizer_type={s.optimizer_type!r}; use one of {', '.join(optim_bio.OPTIMIZERS)}")
+    if s.compile not in ("auto", True, False):
+        raise UserError(f"compile={s.compile!r}; use 'auto', True or False")
     if s.compile_mode not in COMPILE_MODES:
         raise UserError(f"compile_mode={s.compile_mode!r}; use one of {', '.join(COMPILE_MODES)}")
     if s.backend not in BACKENDS:
@@ -462,7 +469,8 @@ def checked_against(s, cfg, source, d):
 
 def build_model(s, device, d):
     """(raw GPT on device, checkpoint dict to resume from or None)."""
-    overrides = dict(dropout=s.dropout, gradient_checkpointing=s.gradient_checkpointing)
+    overrides = dict(dropout=s.dropout, gradient_checkpointing=s.gradient_checkpointing,
+                     activation_kernel=s.activation_kernel)
     if s.init_from == "scratch":
         return GPT(model_config_from(s)).to(device), None
     # resume, fine-tune from a checkpoint, or from GPT-2 (a name or a save_pretrained folder)
@@ -636,8 +644,62 @@ class Run:
     tokens_per_iter: int  # over all processes
     accum: int  # micro-batches per process
     peak_flops: float  # the device's, for MFU; None when unknown
+    compiled: bool = False  # model is torch.compile's
+    activation: str = ""  # how the oscillating activation runs, for the start-up log
     wandb: object = None
     hellaswag_rows: list = None  # loaded once when hellaswag_interval > 0
+    steps_done: int = 0  # by this process: the first compiled one includes the compilation
+
+
+def data_parallel(model, d, device_type):
+    """DDP around the model, without syncing buffers at each forward: the buffers (RoPE tables,
+    firing counters) are the same on every rank or rank-local, and DDP would otherwise re-send
+    them from rank 0 before every forward, the no_sync micro-steps included. (Newer torch names
+    the switch forward_sync_buffers and deprecates broadcast_buffers.)"""
+    import inspect
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+               else {"broadcast_buffers": False})
+    return DDP(model, device_ids=[d.local_rank] if device_type == "cuda" else None, **no_sync)
+
+
+def compile_choice(setting, device):
+    """(compile?, note to print or ''): compile='auto' compiles on a CUDA GPU where Triton works
+    (Inductor writes its GPU kernels in Triton) and runs eager elsewhere, saying why once."""
+    on_cuda = device.startswith("cuda")
+    if setting is False:
+        return False, ""
+    triton_ok, why = model_bio.oscillate_triton.available("cuda") if on_cuda else (False, "")
+    if setting is True:
+        if on_cuda and not triton_ok:
+            raise UserError(f"compile=True needs a working Triton on CUDA: {why}; use --compile=False "
+                            "(Linux: pip install triton; Windows: pip install triton-windows)")
+        return True, ""
+    if on_cuda and triton_ok:
+        return True, "compile='auto': compiling with torch.compile (the first iterations are slow)"
+    if on_cuda:
+        return False, (f"compile='auto': running eager, {why} (Linux: pip install triton; Windows: "
+                       "pip install triton-windows; --compile=False silences this)")
+    return False, (f"compile='auto': running eager on {device} (torch.compile pays off on CUDA GPUs; "
+                   "--compile=True compiles here too)")
+
+
+def activation_choice(config, device_type):
+    """How the oscillating activation will run here, in words; activation_kernel='triton' where
+    the kernel cannot run is a UserError."""
+    if not (config.use_bio_mlp or config.use_sparse_gate):
+        return "GELU (no oscillating activation)"
+    try:
+        kernel = model_bio.uses_kernel(config.activation_kernel, device_type)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if kernel:
+        return f"fused Triton kernel ({model_bio.oscillate_triton.available(device_type)[1]})"
+    if config.activation_kernel == "torch":
+        return "PyTorch ops (activation_kernel='torch')"
+    if device_type != "cuda":
+        return "PyTorch ops (activation_kernel='auto': the fused kernel is for CUDA GPUs)"
+    return f"PyTorch ops (activation_kernel='auto'; {model_bio.oscillate_triton.available(device_type)[1]})"
 
 
 def setup_run(s, d, device):
@@ -661,14 +723,15 @@ def setup_run(s, d, device):
     optimizer = optim_bio.make_optimizer(raw_model, s.optimizer_type, s.weight_decay, s.learning_rate, s.betas,
                                          device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # fp16 needs loss scaling, bf16 not
-    model = torch.compile(raw_model, mode=s.compile_mode) if s.compile else raw_model  # checkpoints save raw_model
-    train_model = model
-    if d.ddp:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        train_model = DDP(model, device_ids=[d.local_rank] if device_type == "cuda" else None)
+    compiled, note = compile_choice(s.compile, device)
+    if note:
+        print0(d, note)
+    model = torch.compile(raw_model, mode=s.compile_mode) if compiled else raw_model  # checkpoints save raw_model
+    train_model = data_parallel(model, d, device_type) if d.ddp else model
     run = Run(s, d, device, dtype, autocast, raw_model, model, train_model, optimizer, scaler, data, sampler,
               RunState(), s.gradient_accumulation_steps * s.batch_size * s.block_size,
-              s.gradient_accumulation_steps // d.world, gpu_bio.resolve_peak_flops(s.peak_flops, device)[0])
+              s.gradient_accumulation_steps // d.world, gpu_bio.resolve_peak_flops(s.peak_flops, device)[0],
+              compiled=compiled, activation=activation_choice(raw_model.config, device_type))
     if ckpt is not None:
         saved = ckpt.get("train_config", {}).get("optimizer_type", "adamw")
         if saved != s.optimizer_type:  # another optimizer's state cannot be loaded into this one
@@ -742,6 +805,7 @@ def print_figures(run):
         print0(d, f"note: {gpu_bio.unknown_peak_hint(run.device)}")
     print0(d, f"model: {run.raw_model.get_num_params():,} parameters ({cfg.n_layer} layers, {cfg.n_head} heads, "
               f"{cfg.n_embd} wide; {', '.join(kind)})")
+    print0(d, f"activation: {run.activation}; {'compiled' if run.compiled else 'eager'}")
     print0(d, f"tokens per iteration: {run.tokens_per_iter:,} = batch_size {s.batch_size:,} x gradient accumulation "
               f"{s.gradient_accumulation_steps:,} x block_size {s.block_size:,}")
     print0(d, f"gradient accumulation steps: {run.accum:,} per process x {d.world:,} process(es)")
@@ -766,7 +830,7 @@ def train_step(run, lr, stop):
         # DDP all-reduces gradients only after the last micro-batch
         with model.no_sync() if d.ddp and not last else nullcontext():
             with run.ctx:
-                _, loss = model(x, y)
+                _, loss = model(x, y, return_logits=False)  # the loss a chunk at a time: no full logits
                 loss = loss / run.accum  # the mean over micro-batches
             if not last:
                 x, y = data.batch("train", run.sampler)  # drawn while the GPU still works on this one
@@ -774,7 +838,9 @@ def train_step(run, lr, stop):
         loss_sum += loss.detach()
     # one small collective and one GPU sync per iteration: every process must agree whether
     # to step (NaN guard) and whether to stop (a signal may reach only some of them)
-    packed = torch.stack([loss_sum.float(), torch.tensor(float(stop.requested), device=data.device)])
+    packed = torch.zeros(2, device=data.device)
+    packed[0] = loss_sum  # device to device
+    packed[1].fill_(float(stop.requested))  # a kernel argument: torch.tensor(.., device=) would be a blocking copy
     all_reduce_mean(packed, d)
     loss_value, stop_votes = packed.tolist()  # syncs the GPU
     if not math.isfinite(loss_value):
@@ -798,7 +864,10 @@ def evaluate(run):
     bits per byte of the same batches as '{split}_bpb': their nats / ln 2 / target bytes."""
     from tqdm import tqdm
     s, d = run.s, run.d
-    run.model.eval()
+    # a compiled run's first eval, before any training step, runs eager: compiling the no-grad
+    # graph first would double the start-up before the first iteration
+    model = run.model if run.steps_done or not run.compiled else run.raw_model
+    model.eval()
     byte_table = evaluate_bio.token_byte_table(run.raw_model.config.vocab_size, run.data.device)
     out = {}
     for split in SPLITS:
@@ -808,14 +877,14 @@ def evaluate(run):
         for k in tqdm(range(s.eval_iters), desc=f"eval {split}", leave=False, disable=None if d.master else True):
             x, y = run.data.batch(split, generator)
             with run.ctx:
-                _, loss = run.model(x, y)
+                _, loss = model(x, y, return_logits=False)
             losses[k] = loss
             sums[0] += loss.float() * (y >= 0).sum()  # the mean over the batch's targets, back to a sum
             sums[1] += evaluate_bio.target_bytes(y, byte_table)
         out[split] = all_reduce_mean(losses.mean(), run.d).item()  # syncs the GPU
         nats, n_bytes = all_reduce_mean(sums, run.d).tolist()  # means of both: the same ratio as sums
         out[f"{split}_bpb"] = evaluate_bio.bits_per_byte(nats, n_bytes)
-    run.model.train()
+    model.train()
     return out
 
 
@@ -963,6 +1032,9 @@ def _train(s, d, device):
             t0 = time.perf_counter()
             loss, stop_now = train_step(run, lr, stop)
             dt = max(time.perf_counter() - t0, 1e-9)  # honest: train_step ended with a GPU sync
+            run.steps_done += 1
+            if run.compiled and run.steps_done == 1:
+                print0(d, f"torch.compile: the first iteration took {dt:,.1f} s (compiling the training step)")
             it = state.iter_num  # the iteration just done
             state.iter_num += 1
             state.tokens += run.tokens_per_iter

@@ -12,7 +12,7 @@ out_dir = "out-gpt2-shakespeare"
 dataset = "shakespeare"
 device = "auto"
 dtype = "auto"
-compile = False
+compile = "auto"  # compiled on CUDA where Triton works, eager elsewhere
 
 eval_interval = 5
 eval_iters = 20

@@ -34,7 +34,7 @@ betas = (0.9, 0.99)
 
 device = "auto"
 dtype = "float16"  # fp16 everywhere the original was trained (RTX 3070); bf16 also works on Ampere
-compile = False
+compile = "auto"  # compiled on CUDA where Triton works, eager elsewhere
 
 wandb_log = False
 wandb_project = "wigglegpt"

@@ -39,7 +39,7 @@ max_iters = 600000  # 19.7B tokens
 
 device = "auto"
 dtype = "auto"  # bf16 on Ampere and newer, else fp16 with loss scaling
-compile = False  # True is faster on Linux with Triton, at the price of a slow start
+compile = "auto"  # compiled on CUDA where Triton works (slow first iterations), eager elsewhere
 # MFU is measured against the peak of the GPU in use (gpu_bio.PEAK_FLOPS); peak_flops = ... overrides it
 
 wandb_log = False

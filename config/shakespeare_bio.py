@@ -10,7 +10,7 @@ out_dir = "out-shakespeare-bio"
 dataset = "shakespeare"
 device = "auto"
 dtype = "auto"
-compile = False
+compile = False  # a CPU demo: eager (compile="auto" would pick eager here too)
 peak_flops = 2e11  # rough fp32 peak of 2 CPU cores (2 x ~3 GHz x 32 FLOP/cycle with AVX2 FMA), so MFU means something
 
 eval_interval = 50  # 6 evals over the run

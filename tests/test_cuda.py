@@ -1,8 +1,10 @@
 """Protects what only a CUDA GPU can show (every test is skipped without one): bf16 and fp16
 training steps through train_bio, fused AdamW, pinned host batches, KV-cache generation under
 autocast agreeing with a full recompute, torch.compile training, batch_size='auto' with the
-memory estimate printed, a real out-of-memory backed off from, 'auto' dtype following the card's
-real bf16 support, and the 124M benchmark section sizing its batch to the card."""
+memory estimate printed, a real out-of-memory backed off from, the batch search's one-sequence
+warm-up and the CUDA context counted in the estimate, the eager activation's parameter-gradient
+sums staying fp32 under allow_tf32, 'auto' dtype following the card's real bf16
+support, and the 124M benchmark section sizing its batch to the card."""
 
 import os
 import re
@@ -117,3 +119,42 @@ def test_gpu_benchmark_section_fits_the_card():
             assert float(tokens.replace(",", "")) > 0 and re.search(r"B=\d+, T=1024", detail)
             assert ("MFU unknown" in detail) == (gpu_bio.peak_flops_for(torch.cuda.get_device_name()) is None)
         assert rows[f"124M tokens/s Wiggle / GELU, {how} (GPU)"][1].endswith("x")
+
+
+class RecordingBatches(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.batches = model, model.config, []
+
+    def forward(self, idx, targets, **kwargs):
+        self.batches.append(idx.shape[0])
+        return self.model(idx, targets, **kwargs)
+
+
+def test_auto_batch_warms_up_with_one_sequence_on_the_gpu():
+    model = RecordingBatches(GPT(tiny_config()).cuda())
+    found = gpu_bio.auto_batch(model, 32, 8, "float16", "cuda", autocast_for("cuda", "float16"), False,
+                               log=lambda line: None)
+    assert found == (8, False) and model.batches == [1, 8]  # tiny: everything fits after the warm-up
+
+
+def test_the_estimate_counts_what_the_card_holds_outside_pytorch():
+    torch.ones(1, device="cuda")  # the context exists
+    outside = gpu_bio.memory_outside_allocator("cuda")
+    assert 50 * 2**20 < outside < torch.cuda.mem_get_info()[1]  # the context alone is a few hundred MB
+    line = gpu_bio.startup_memory_report(GPT(tiny_config()).cuda(), 32, 4, "float16", "cuda")[0]
+    assert "CUDA context and other programs" in line and "on the card" in line
+
+
+def test_eager_parameter_gradient_sums_are_fp32_even_with_tf32_on(monkeypatch):
+    from model_bio import OscillateFunction
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)  # as training sets it
+    torch.manual_seed(0)
+    x = torch.randn(64, 512, 3072, device="cuda")
+    params = [torch.randn(3072, device="cuda", requires_grad=True) for _ in range(3)]
+    g = torch.randn_like(x)
+    got = torch.autograd.grad(OscillateFunction.apply(x, *params), params, g)
+    x64, p64 = x.double(), [p.detach().double().requires_grad_() for p in params]
+    want = torch.autograd.grad(torch.sin(p64[0] * x64 + p64[1]) * torch.tanh(x64) + p64[2], p64, g.double())
+    for a, b in zip(got, want):
+        assert ((a.double() - b).norm() / b.norm()).item() < 1e-5  # a TF32 sum would be off by ~1e-3

@@ -69,7 +69,8 @@ def test_non_finite_loss_skips_the_step_and_backs_the_scale_off(tmp_path):
     run = fp16_run(tmp_path)
     assert run.scaler.is_enabled() and isinstance(run.ctx, torch.autocast)
     forward = run.train_model.forward
-    run.train_model.forward = lambda x, y: [out * float("nan") if i else out for i, out in enumerate(forward(x, y))]
+    run.train_model.forward = lambda x, y, **kw: [out * float("nan") if i else out
+                                                   for i, out in enumerate(forward(x, y, **kw))]
     weights = {k: v.clone() for k, v in run.raw_model.state_dict().items()}
     scale = run.scaler.get_scale()
     loss, _ = train_bio.train_step(run, 1e-2, types.SimpleNamespace(requested=False))

@@ -1,0 +1,1 @@
+"""WiggleGPT's machinery, a module per concern, used by the top-level scripts and model_bio."""
