@@ -130,6 +130,9 @@ def model_config(ckpt, path="checkpoint"):
         unknown = sorted(set(args) - known)
         if unknown:
             raise CheckpointError(f"{path}: unknown model config field(s) {', '.join(unknown)}")
+    # how the activation ran is the training machine's choice, not the weights': a run trained
+    # with activation_kernel='triton' on a GPU still samples on a CPU
+    args = {k: v for k, v in args.items() if k != "activation_kernel"}
     try:
         return GPTConfig(**args)
     except (TypeError, ValueError) as e:

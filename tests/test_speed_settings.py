@@ -171,3 +171,15 @@ def test_training_with_the_kernel_through_the_real_command(tmp_path, interpreter
     assert r.returncode == 0, r.stderr
     assert "activation: fused Triton kernel" in r.stdout
     assert (tmp_path / "out" / "ckpt.pt").exists()
+
+
+def test_a_checkpoint_trained_with_the_kernel_loads_anywhere_as_auto(tmp_path):
+    import checkpoint_bio
+    model = GPT(tiny_config(activation_kernel="triton"))
+    path = tmp_path / "ckpt.pt"
+    checkpoint_bio.save_checkpoint(checkpoint_bio.checkpoint_dict(model), str(path))
+    loaded, _ = checkpoint_bio.load_model(str(path))
+    assert loaded.config.activation_kernel == "auto"
+    loaded(torch.randint(96, (1, 4)))  # runs on this CPU, no Triton asked
+    again, _ = checkpoint_bio.load_model(str(path), activation_kernel="torch")
+    assert again.config.activation_kernel == "torch"
