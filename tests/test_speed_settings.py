@@ -115,22 +115,29 @@ def test_a_compiled_run_compiles_the_training_step_first(tmp_path, monkeypatch, 
     assert out.count("torch.compile: the first iteration took") == 1
 
 
-def test_ddp_does_not_broadcast_buffers(monkeypatch):
-    import torch.distributed as dist
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", "29517")
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        model = GPT(tiny_config(use_sparse_gate=True))
-        ddp = train_bio.data_parallel(model, train_bio.Dist(True, 0, 0, 1), "cpu")
-        assert getattr(ddp, "forward_sync_buffers", getattr(ddp, "broadcast_buffers", None)) is False
-        idx = torch.randint(96, (2, 8))
-        with ddp.no_sync():
-            ddp(idx, idx, return_logits=False)[1].backward()
-        ddp(idx, idx, return_logits=False)[1].backward()
-        assert model.firing_stats[1].item() == 2  # the counters stay this rank's own
-    finally:
-        dist.destroy_process_group()
+DDP_CHECK = """
+import torch, torch.distributed as dist
+import train_bio
+from conftest import tiny_config
+from model_bio import GPT
+dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+model = GPT(tiny_config(use_sparse_gate=True))
+ddp = train_bio.data_parallel(model, train_bio.Dist(True, 0, 0, 1), "cpu")
+assert getattr(ddp, "forward_sync_buffers", getattr(ddp, "broadcast_buffers", None)) is False
+idx = torch.randint(96, (2, 8))
+with ddp.no_sync():
+    ddp(idx, idx, return_logits=False)[1].backward()
+ddp(idx, idx, return_logits=False)[1].backward()
+assert model.firing_stats[1].item() == 2  # the counters stay this rank's own
+print("ok", flush=True)
+"""
+
+
+def test_ddp_does_not_broadcast_buffers():
+    # in a process of its own: a process group torn down under pytest can hang in gloo's destructor
+    r = subprocess.run([sys.executable, "-c", DDP_CHECK], cwd=os.path.join(ROOT, "tests"), capture_output=True,
+                       text=True, env=cli_env(PYTHONPATH=ROOT), timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]
 
 
 # --- the Triton kernel through the whole model and the real command (interpreter on the CPU)
