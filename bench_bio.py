@@ -635,43 +635,6 @@ GPU_SIZES = dict(  # for the 124M model on one GPU
     fp16_steps=10, fp16_batch=8,
 )
 
-# peak memory bandwidth by device-name pattern, bytes/s, from the vendors' data sheets; first
-# match wins, and as in gpu_bio.PEAK_FLOPS a name with a suffix the pattern lacks (Ti, SUPER, D)
-# or a laptop part is unknown rather than a neighbour's figure
-BANDWIDTH = [
-    (r"(?<!G)H200", 4.8e12),  # SXM and NVL: the same 141 GB of HBM3e (not the GH200)
-    (r"H100.*PCIE", 2.0e12),
-    (r"H100.*NVL", 3.9e12),
-    (r"H100", 3.35e12),  # SXM
-    (r"\bA100\b.*SXM.*80GB", 2.039e12),
-    (r"\bA100\b.*80GB", 1.935e12),  # PCIe
-    (r"\bA100\b", 1.555e12),  # 40 GB
-    (r"L40S", 864e9),
-    (r"\bL4\b", 300e9),
-    (r"\bA10\b", 600e9),
-    (r"\bT4\b", 320e9),
-    (r"V100S", 1134e9),
-    (r"V100", 900e9),
-    (r"RTX 3070", 448e9),
-    (r"RTX 3090", 936e9),
-    (r"RTX 4080", 716.8e9),
-    (r"RTX 4090", 1008e9),
-    (r"RTX 5060 Ti", 448e9),
-    (r"RTX 5090", 1792e9),
-]
-
-
-def bandwidth_for(name):
-    """Peak memory bandwidth in bytes/s of the GPU called name, or None when not in BANDWIDTH."""
-    if not name or re.search(r"laptop|mobile|max-q", name, re.I):
-        return None
-    for pattern, bandwidth in BANDWIDTH:
-        match = re.search(pattern, name, re.I)
-        if match and not re.match(r"\s+(TI|SUPER|D)\b", name[match.end():], re.I):
-            return bandwidth
-    return None
-
-
 @dataclasses.dataclass
 class GpuCheck:
     device: str
@@ -715,10 +678,10 @@ def part_environment(check):
     peak, source = gpu_bio.resolve_peak_flops(0, device)
     yield ("peak FLOP/s for MFU", f"{peak / 1e12:.1f} TFLOP/s" if peak else "unknown", "-",
            source or gpu_bio.unknown_peak_hint(device))
-    bandwidth = bandwidth_for(name)
+    bandwidth = gpu_bio.bandwidth_for(name)
     yield ("memory bandwidth", f"{bandwidth / 1e9:,.0f} GB/s" if bandwidth else "unknown", "-",
-           "vendor data sheet (bench_bio.BANDWIDTH)" if bandwidth
-           else f"{name or device} is not in bench_bio.BANDWIDTH")
+           "vendor data sheet (gpu_bio.BANDWIDTH)" if bandwidth
+           else f"{name or device} is not in gpu_bio.BANDWIDTH")
     ok, why = oscillate_triton.available(_device_type(device))
     yield ("activation kernel", "available" if ok else "unavailable", "-", why)
 
@@ -806,7 +769,7 @@ def part_activation_speed(check):
     device, s = check.device, check.sizes
     rows, cols = s["max_batch"] * check.config.block_size, 4 * check.config.n_embd
     ok, why = oscillate_triton.available(_device_type(device))
-    bandwidth = bandwidth_for(gpu_bio.device_name(device))
+    bandwidth = gpu_bio.bandwidth_for(gpu_bio.device_name(device))
     if not ok:
         yield ("activation kernel forward+backward", "unavailable", "-", why)
     ms = lambda t: f"{t * 1000:.2f} ms"  # noqa: E731

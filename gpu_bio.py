@@ -66,20 +66,53 @@ _MOBILE = re.compile(r"LAPTOP|MOBILE|MAX-Q", re.I)
 _SUFFIXES = re.compile(r"\s+(TI|SUPER|D)\b", re.I)  # e.g. the RTX 4090 D has fewer cores
 
 
-def peak_flops_for(name):
-    """Dense bf16/fp16 tensor FLOP/s of the GPU called name, or None when not in the table."""
+def _look_up(table, name):
+    """The value of the first (pattern, value) row of table whose pattern names the GPU called name,
+    or None: a mobile part, or a suffix the pattern did not ask for ("RTX 4070" must not take a
+    "RTX 4070 SUPER"), is another card, not a neighbour's figure."""
     if not name or _MOBILE.search(name):
         return None
-    for pattern, flops in PEAK_FLOPS:
+    for pattern, value in table:
         match = re.search(pattern, name, re.I)
-        if match is None:
-            continue
-        rest = name[match.end():]
-        # "RTX 4070" must not take a "RTX 4070 SUPER": a suffix the pattern did not ask for
-        if _SUFFIXES.match(rest):
-            continue
-        return flops
+        if match is not None and not _SUFFIXES.match(name[match.end():]):
+            return value
     return None
+
+
+def peak_flops_for(name):
+    """Dense bf16/fp16 tensor FLOP/s of the GPU called name, or None when not in the table."""
+    return _look_up(PEAK_FLOPS, name)
+
+
+# peak memory bandwidth by device-name pattern, bytes/s, from the vendors' data sheets; first
+# match wins, and as in PEAK_FLOPS a name with a suffix the pattern lacks (Ti, SUPER, D)
+# or a laptop part is unknown rather than a neighbour's figure
+BANDWIDTH = [
+    (r"(?<!G)H200", 4.8e12),  # SXM and NVL: the same 141 GB of HBM3e (not the GH200)
+    (r"H100.*PCIE", 2.0e12),
+    (r"H100.*NVL", 3.9e12),
+    (r"H100", 3.35e12),  # SXM
+    (r"\bA100\b.*SXM.*80GB", 2.039e12),
+    (r"\bA100\b.*80GB", 1.935e12),  # PCIe
+    (r"\bA100\b", 1.555e12),  # 40 GB
+    (r"L40S", 864e9),
+    (r"\bL4\b", 300e9),
+    (r"\bA10\b", 600e9),
+    (r"\bT4\b", 320e9),
+    (r"V100S", 1134e9),
+    (r"V100", 900e9),
+    (r"RTX 3070", 448e9),
+    (r"RTX 3090", 936e9),
+    (r"RTX 4080", 716.8e9),
+    (r"RTX 4090", 1008e9),
+    (r"RTX 5060 Ti", 448e9),
+    (r"RTX 5090", 1792e9),
+]
+
+
+def bandwidth_for(name):
+    """Peak memory bandwidth in bytes/s of the GPU called name, or None when not in BANDWIDTH."""
+    return _look_up(BANDWIDTH, name)
 
 
 def device_name(device):

@@ -687,7 +687,7 @@ def compile_choice(setting, device):
 def activation_choice(config, device_type):
     """How the oscillating activation will run here, in words; activation_kernel='triton' where
     the kernel cannot run is a UserError."""
-    if not (config.use_bio_mlp or config.use_sparse_gate):
+    if not config.use_bio_mlp:  # the event-layer gate needs it; the lightweight gate has no oscillator
         return "GELU (no oscillating activation)"
     try:
         kernel = model_bio.uses_kernel(config.activation_kernel, device_type)

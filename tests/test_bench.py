@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 import bench_bio
+import gpu_bio
 import model_bio
 from conftest import ROOT, tiny_config
 from settings_bio import UserError
@@ -203,7 +204,7 @@ def test_sync_counter_counts_the_sync_warnings_of_each_call(monkeypatch):
     ("", None),
 ])
 def test_bandwidth_table(name, bandwidth):
-    assert bench_bio.bandwidth_for(name) == bandwidth
+    assert gpu_bio.bandwidth_for(name) == bandwidth
 
 
 def test_gpu_check_without_cuda_is_one_line():
