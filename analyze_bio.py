@@ -30,8 +30,9 @@ import os
 import numpy as np
 import torch
 
-from checkpoint_bio import CheckpointError, clean_state_dict, is_original_format, load_checkpoint, model_config
-from settings_bio import UserError, load_settings, run_main
+from wigglegpt.checkpoint import CheckpointError, clean_state_dict, is_original_format, load_checkpoint, model_config
+from wigglegpt.common import UserError, run_main
+from wigglegpt.settings import load_settings
 
 SETTINGS = {
     "ckpt": ("", "checkpoint to analyze (this project's format or the original WiggleGPT one)"),

@@ -44,7 +44,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from settings_bio import UserError, load_settings, run_main, write_error
+from wigglegpt.common import UserError, run_main, write_error
+from wigglegpt.settings import load_settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -87,7 +88,7 @@ SECTIONS = {}  # name -> function(quick) returning rows (what, measured, goal, d
 
 def bench_kv_cache(quick):
     """Greedy generation speed with the KV cache vs recomputing the whole context per token."""
-    from engine_bio import generate
+    from wigglegpt.engine import generate
     from model_bio import GPT, GPTConfig
     # The published 124M shape, the model users sample from. At batch 1 on a CPU a cached step
     # is bound by reading every weight from memory (~0.5 GB), which both loops pay; the full
@@ -401,23 +402,23 @@ def training_rows(device, config, max_batch, repeats, compiled=(False, True), fi
     Wiggle/GELU ratios. Steps train as train_bio does, the loss a chunk at a time.
 
     The micro-batch is the largest of max_batch, max_batch/2, ... that fits the card with the
-    Wiggle model (gpu_bio's batch search), so an 8 GB card reports instead of failing; both MLPs
+    Wiggle model (wigglegpt.gpu's batch search), so an 8 GB card reports instead of failing; both MLPs
     then run that batch. The models are measured one after the other (two 124M models with AdamW
     states would not fit an 8 GB card together), each mode on its own fresh memory peak.
     figures, if given, receives B, checkpointing, dtype, T and (mlp, mode) -> (tokens/s, MFU or
     None, peak MB); time_left(), if given, is the seconds left, and a mode that would not fit in
     them (90 s to compile, 10 s eager) is skipped with a row saying so."""
-    import gpu_bio
+    from wigglegpt import gpu
     import model_bio
     from model_bio import GPT, OscillatingActivation
-    from settings_bio import autocast_for, pick_dtype
+    from wigglegpt.common import autocast_for, pick_dtype
     from wigglegpt import oscillate_triton
     device_type = device.split(":")[0]
     dtype = pick_dtype("auto", device)
     autocast = autocast_for(device, dtype)
     cuda = device_type == "cuda"
     T = config.block_size
-    peak, source = gpu_bio.resolve_peak_flops(0, device)
+    peak, source = gpu.resolve_peak_flops(0, device)
     kernel_ok, kernel_why = oscillate_triton.available(device_type)
     modes = [mode for mode, (compile_it, _) in TRAINING_MODES.items() if compile_it in compiled]
     figures = {} if figures is None else figures
@@ -432,7 +433,7 @@ def training_rows(device, config, max_batch, repeats, compiled=(False, True), fi
         torch.manual_seed(0)
         model = GPT(dataclasses.replace(config, use_bio_mlp=bio)).to(device)
         if "B" not in figures:
-            figures["B"], figures["checkpointing"] = gpu_bio.auto_batch(
+            figures["B"], figures["checkpointing"] = gpu.auto_batch(
                 model, T, max_batch, dtype, device, autocast, False,
                 log=lambda line: print(f"  training_figures: {line}", flush=True))
         B = figures["B"]
@@ -503,7 +504,7 @@ def training_rows(device, config, max_batch, repeats, compiled=(False, True), fi
                    {"compiled": ">= 0.95x", "eager kernel": ">= 0.90x"}.get(mode, "-"),
                    shape() + ("; against GELU eager" if mode == "eager kernel" else ""))
     if peak is None:
-        yield ("124M MFU (GPU)", "unknown", "-", gpu_bio.unknown_peak_hint(device))
+        yield ("124M MFU (GPU)", "unknown", "-", gpu.unknown_peak_hint(device))
     else:
         yield ("124M MFU peak used", f"{peak / 1e12:.1f} TFLOP/s", "-", source)
 
@@ -526,11 +527,11 @@ def bench_data_prep(quick):
 
     import numpy as np
 
-    import dataprep_bio
-    from tokenizer_bio import EOT, get_tokenizer
+    from wigglegpt import dataprep
+    from wigglegpt.tokenizer import EOT, get_tokenizer
 
     def write_corpus(path, megabytes):
-        chunks = [row["text"] for row in dataprep_bio.shakespeare_documents()]
+        chunks = [row["text"] for row in dataprep.shakespeare_documents()]
         written, index = 0, 0
         with open(path, "w", encoding="utf-8") as f:
             while written < megabytes * 2**20:
@@ -541,15 +542,15 @@ def bench_data_prep(quick):
 
     def batched(path, out_dir, tokens):
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # no summaries
-            meta = dataprep_bio.prepare(
-                dataprep_bio.stream_rows(data_files=path), dataprep_bio.TextEncoder("text"), out_dir,
+            meta = dataprep.prepare(
+                dataprep.stream_rows(data_files=path), dataprep.TextEncoder("text"), out_dir,
                 source=path, recipe={}, val_fraction=0.01, num_workers=os.cpu_count() or 1, overwrite=True)
         tokens["batched"] = meta["train_tokens"] + meta["val_tokens"]
 
     def loop(path, out_dir, tokens):
         enc, count = get_tokenizer(), 0
         with open(os.path.join(out_dir, "loop.bin"), "wb") as f:
-            for row in dataprep_bio.stream_rows(data_files=path):
+            for row in dataprep.stream_rows(data_files=path):
                 ids = np.array(enc.encode_ordinary(row["text"]) + [EOT], dtype=np.uint16)
                 f.write(ids.tobytes())
                 count += len(ids)
@@ -658,7 +659,7 @@ def _sync(device):
 
 def part_environment(check):
     """Versions, the GPU, and the peak FLOP/s and bandwidth the other parts measure against."""
-    import gpu_bio
+    from wigglegpt import gpu
     from wigglegpt import oscillate_triton
     device = check.device
     try:
@@ -668,20 +669,20 @@ def part_environment(check):
         triton_version = f"not importable ({type(e).__name__})"
     yield ("versions", f"torch {torch.__version__}", "-",
            f"CUDA {torch.version.cuda or 'none'}, Triton {triton_version}, python {platform.python_version()}")
-    name = gpu_bio.device_name(device)
+    name = gpu.device_name(device)
     if name:
-        props = torch.cuda.get_device_properties(gpu_bio.cuda_index(device))
+        props = torch.cuda.get_device_properties(gpu.cuda_index(device))
         yield ("GPU", name, "-", f"compute capability {props.major}.{props.minor}, "
                                  f"{props.total_memory / 2**30:.1f} GiB, {props.multi_processor_count} SMs")
     else:
         yield ("GPU", "none", "-", f"running on {device}: {platform.processor() or platform.machine()}")
-    peak, source = gpu_bio.resolve_peak_flops(0, device)
+    peak, source = gpu.resolve_peak_flops(0, device)
     yield ("peak FLOP/s for MFU", f"{peak / 1e12:.1f} TFLOP/s" if peak else "unknown", "-",
-           source or gpu_bio.unknown_peak_hint(device))
-    bandwidth = gpu_bio.bandwidth_for(name)
+           source or gpu.unknown_peak_hint(device))
+    bandwidth = gpu.bandwidth_for(name)
     yield ("memory bandwidth", f"{bandwidth / 1e9:,.0f} GB/s" if bandwidth else "unknown", "-",
-           "vendor data sheet (gpu_bio.BANDWIDTH)" if bandwidth
-           else f"{name or device} is not in gpu_bio.BANDWIDTH")
+           "vendor data sheet (gpu.BANDWIDTH)" if bandwidth
+           else f"{name or device} is not in gpu.BANDWIDTH")
     ok, why = oscillate_triton.available(_device_type(device))
     yield ("activation kernel", "available" if ok else "unavailable", "-", why)
 
@@ -712,7 +713,7 @@ def part_numerics(check):
     compiled PyTorch path, in bf16 and fp32, against plain autograd of the formula in fp64;
     then the graph breaks of the compiled model."""
     from model_bio import GPT, OscillateFunction
-    from settings_bio import autocast_for, pick_dtype
+    from wigglegpt.common import autocast_for, pick_dtype
     from wigglegpt import oscillate_triton
     device, s = check.device, check.sizes
     rows, cols = s["numerics_rows"], 4 * check.config.n_embd
@@ -761,7 +762,7 @@ def part_activation_speed(check):
     """The activation alone at the training shape, forward + backward: the kernel in GB/s (its
     bytes from traffic_bytes) against the card's bandwidth, and the PyTorch path's and GELU's
     times for the same x; and the PyTorch path's bytes counted op by op on this device."""
-    import gpu_bio
+    from wigglegpt import gpu
     from torch.nn import functional as F
 
     from model_bio import OscillateFunction
@@ -769,7 +770,7 @@ def part_activation_speed(check):
     device, s = check.device, check.sizes
     rows, cols = s["max_batch"] * check.config.block_size, 4 * check.config.n_embd
     ok, why = oscillate_triton.available(_device_type(device))
-    bandwidth = gpu_bio.bandwidth_for(gpu_bio.device_name(device))
+    bandwidth = gpu.bandwidth_for(gpu.device_name(device))
     if not ok:
         yield ("activation kernel forward+backward", "unavailable", "-", why)
     ms = lambda t: f"{t * 1000:.2f} ms"  # noqa: E731
@@ -905,7 +906,7 @@ def part_train_loop(check):
 
 def part_batch_auto(check):
     """What batch_size='auto' picks for the model when the card holds only 8 or 16 GB (the
-    allocator limited by torch.cuda.set_per_process_memory_fraction), and gpu_bio's estimate
+    allocator limited by torch.cuda.set_per_process_memory_fraction), and wigglegpt.gpu's estimate
     for that batch against the peak one real training step allocates."""
     for budget_gb in check.sizes["budgets_gb"]:
         gc.collect()
@@ -915,9 +916,9 @@ def part_batch_auto(check):
 
 
 def _batch_under(check, budget_gb):
-    import gpu_bio
+    from wigglegpt import gpu
     from model_bio import GPT
-    from settings_bio import autocast_for, pick_dtype
+    from wigglegpt.common import autocast_for, pick_dtype
     device, cfg = check.device, check.config
     cuda = device.startswith("cuda")
     T, sequences = cfg.block_size, check.sizes["auto_sequences"]
@@ -926,24 +927,24 @@ def _batch_under(check, budget_gb):
     what, goal = f"batch_size='auto' under {budget_gb} GB", (">= 4, no checkpointing" if budget_gb == 8 else "-")
     quiet = lambda line: None  # noqa: E731
     model = GPT(cfg).to(device)
-    estimate = gpu_bio.memory_estimate(cfg, sum(p.numel() for p in model.parameters()), T, dtype)
-    index = gpu_bio.cuda_index(device) if cuda else None
+    estimate = gpu.memory_estimate(cfg, sum(p.numel() for p in model.parameters()), T, dtype)
+    index = gpu.cuda_index(device) if cuda else None
     try:
         if cuda:
             total = torch.cuda.get_device_properties(index).total_memory
             if budget_gb * 2**30 > total:
                 yield (what, "skipped", "-", f"the card has only {total / 2**30:.1f} GiB")
                 return
-            outside = gpu_bio.memory_outside_allocator(device)  # the CUDA context: a small card holds it too
+            outside = gpu.memory_outside_allocator(device)  # the CUDA context: a small card holds it too
             limit = budget_gb * 2**30 - outside
             torch.cuda.set_per_process_memory_fraction(limit / total, index)
-            B, checkpointing = gpu_bio.auto_batch(model, T, sequences, dtype, device, autocast, False, log=quiet)
+            B, checkpointing = gpu.auto_batch(model, T, sequences, dtype, device, autocast, False, log=quiet)
             where = f"allocator limited to {limit / 2**30:.2f} GiB, {outside / 2**30:.2f} GiB being held outside it"
         else:  # the search auto_batch makes off CUDA: the estimate, here against budget_gb of free memory
-            B, checkpointing = gpu_bio.find_batch_size(gpu_bio.estimate_trial(estimate, budget_gb * 2**30),
+            B, checkpointing = gpu.find_batch_size(gpu.estimate_trial(estimate, budget_gb * 2**30),
                                                        sequences, False, quiet)
             where = f"{device}: the estimate against {budget_gb} GiB free"
-        need = gpu_bio.needed_bytes(estimate, B, checkpointing)
+        need = gpu.needed_bytes(estimate, B, checkpointing)
         picked = f"{B}" + (" checkpointed" if checkpointing else "")
         shape = f"of {sequences} sequences of {T}, {dtype}; estimate {need / 2**30:.2f} GiB"
         model.config.gradient_checkpointing = checkpointing
@@ -959,7 +960,7 @@ def _batch_under(check, budget_gb):
             opt.zero_grad(set_to_none=True)
             _sync(device)
         except Exception as e:  # noqa: BLE001 (not fitting is the finding; anything else is raised)
-            if not gpu_bio.is_out_of_memory(e):
+            if not gpu.is_out_of_memory(e):
                 raise
             yield (what, picked, goal, f"but one real training step at it ran out of memory; {shape}; {where}")
             return
@@ -969,7 +970,7 @@ def _batch_under(check, budget_gb):
         peak = torch.cuda.max_memory_allocated(device)
         yield (what, picked, goal, f"{shape} vs {peak / 2**30:.2f} GiB allocated at the peak of one step; {where}")
         yield (f"  memory estimate / measured, {budget_gb} GB", f"{need / peak:.2f}x", "~1.0x",
-               "gpu_bio.needed_bytes against torch.cuda.max_memory_allocated (fused AdamW, chunked loss)")
+               "gpu.needed_bytes against torch.cuda.max_memory_allocated (fused AdamW, chunked loss)")
     finally:
         if cuda:
             torch.cuda.set_per_process_memory_fraction(1.0, index)

@@ -5,9 +5,9 @@ Chat with a fine-tuned WiggleGPT checkpoint in the terminal.
     python chat_bio.py --ckpt=ckpt_finetune.pt --prompt="Hi!"    # one answer, then exit
     python chat_bio.py --init_from=path/to/gpt2-folder          # GPT-2 (save_pretrained) as the reference
     cat questions.txt | python chat_bio.py --ckpt=...           # one reply line per input line
-    python chat_bio.py --ckpt=ckpt_finetune.pt --web            # in the browser (chat_web_bio.py)
+    python chat_bio.py --ckpt=ckpt_finetune.pt --web            # in the browser (wigglegpt/web.py)
 
-The conversation is rendered with the shared chat template (tokenizer_bio). Replies stream
+The conversation is rendered with the shared chat template (wigglegpt.tokenizer). Replies stream
 as they are generated and end at <|/assistant|> or <|endoftext|>, neither of which is shown.
 The history is kept across turns; when it no longer fits the context, the oldest turns go
 first (the system prompt stays) so that max_new_tokens of room are left for the reply. The
@@ -17,7 +17,7 @@ Interactive commands: /system <text> (empty: no system prompt), /clear or clear,
 /quit, quit, /exit or exit (Ctrl-D too), as in the original chat.py. Ctrl-C stops the reply
 being written; the conversation goes on. A reply also ends where the model starts a user
 turn itself (<|user|>, which the published fine-tune does when it skips its closing tag).
---preset=original samples as the original chat.py did (engine_bio.PRESETS). With stdin
+--preset=original samples as the original chat.py did (engine.PRESETS). With stdin
 not a terminal each input line is one user message (no commands) and each reply is printed
 on one line (its own line breaks become spaces); nothing else goes to stdout.
 """
@@ -26,11 +26,12 @@ import os
 import re
 import sys
 
-from engine_bio import (TokenCache, apply_preset, check_options, generate, preset_setting, sampling_settings,
+from wigglegpt.engine import (TokenCache, apply_preset, check_options, generate, preset_setting, sampling_settings,
                         stream_text)
 from sample_bio import INIT_FROM_MEANING, load_for_sampling, model_source, prepare_stdout, write_stdout
-from settings_bio import UserError, autocast_for, load_settings, pick_device, pick_dtype, run_main
-from tokenizer_bio import ASSISTANT_END, EOT, USER_START, VOCAB_SIZE, render_prompt
+from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, run_main
+from wigglegpt.settings import load_settings
+from wigglegpt.tokenizer import ASSISTANT_END, EOT, USER_START, VOCAB_SIZE, render_prompt
 
 SETTINGS = {
     "out_dir": ("out", "folder of the checkpoint to chat with (its ckpt.pt) with init_from='resume'"),
@@ -205,8 +206,8 @@ def main(argv=None):
     if cfg.prompt and not cfg.prompt.strip():
         raise UserError("--prompt is only whitespace; give a message, or leave --prompt out to chat interactively")
     if cfg.web:
-        import chat_web_bio
-        chat_web_bio.check_web_settings(cfg)  # before the model loads
+        from wigglegpt import web
+        web.check_web_settings(cfg)  # before the model loads
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     model, path = load_for_sampling(model_source(cfg), device, cfg.out_dir)
@@ -215,7 +216,7 @@ def main(argv=None):
                 temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                 repetition_penalty=cfg.repetition_penalty, repetition_window=cfg.repetition_window)
     if cfg.web:
-        return chat_web_bio.serve(chat, name=path, host=cfg.host, port=cfg.port)
+        return web.serve(chat, name=path, host=cfg.host, port=cfg.port)
     prepare_stdout()
     try:
         if cfg.prompt:

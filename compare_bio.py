@@ -41,7 +41,8 @@ import statistics
 import subprocess
 import sys
 
-from settings_bio import UserError, load_settings, read_config_file, run_main
+from wigglegpt.common import UserError, run_main
+from wigglegpt.settings import load_settings, read_config_file
 
 SETTINGS = {
     "run": (False, "train the given config files first (one train_bio.py subprocess each), then compare"),

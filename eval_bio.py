@@ -9,15 +9,16 @@ Tasks (--tasks, comma separated):
   val        mean loss and bits per byte over eval_windows fixed windows of data_root/dataset/val.bin
   hellaswag  acc and acc_norm on HellaSwag's validation set, completion style (as llm.c)
 Results print as a table; --out=FILE appends one JSON line per task and metric:
-{"model", "task", "metric", "value", "n", "time"}. See evaluate_bio for the definitions.
+{"model", "task", "metric", "value", "n", "time"}. See wigglegpt.evaluate for the definitions.
 """
 
 import json
 import os
 import time
 
-from evaluate_bio import load_eval_model, load_hellaswag, score_hellaswag, val_loss_bpb
-from settings_bio import UserError, autocast_for, load_settings, pick_device, pick_dtype, run_main
+from wigglegpt.evaluate import load_eval_model, load_hellaswag, score_hellaswag, val_loss_bpb
+from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, run_main
+from wigglegpt.settings import load_settings
 
 SETTINGS = {
     "ckpt": ("", "checkpoint to evaluate (this project's format or the original WiggleGPT files)"),
@@ -67,8 +68,8 @@ def run_tasks(cfg, tasks, model, device, autocast):
         if task == "val":
             folder = os.path.join(cfg.data_root, cfg.dataset)
             if cfg.dataset == "shakespeare":
-                import dataprep_bio  # the offline demo corpus is built on first use
-                dataprep_bio.ensure_demo_data(folder)
+                from wigglegpt import dataprep  # the offline demo corpus is built on first use
+                dataprep.ensure_demo_data(folder)
             if not os.path.isdir(folder):
                 raise UserError(f"data folder not found: {folder} (set --data_root / --dataset)")
             r = val_loss_bpb(model, folder, cfg.eval_windows, cfg.eval_batch_size, cfg.block_size, cfg.seed,

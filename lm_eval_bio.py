@@ -19,7 +19,7 @@ to the CPU or MPS where there is no CUDA GPU) are lm_eval's own options. The har
                          empty context starts from <|endoftext|>; a too long one keeps its end
   loglikelihood_rolling  the whole text in windows of block_size, every token predicted once
                          with as much context as fits (perplexity, bits per byte tasks)
-  generate_until         engine_bio.generate over the KV cache, greedy unless the task samples,
+  generate_until         engine.generate over the KV cache, greedy unless the task samples,
                          cut at the task's stop strings ("until") or <|endoftext|>
 lm_eval is imported only here, when the model is built.
 """
@@ -30,7 +30,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from settings_bio import UserError, autocast_for, pick_device, pick_dtype, run_main
+from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, run_main
 
 MODEL_NAME = "wigglegpt"
 
@@ -70,9 +70,9 @@ def model_class():
     lm_eval = _import_lm_eval()
     from tqdm import tqdm
 
-    import tokenizer_bio
-    from engine_bio import generate, stream_text
-    from evaluate_bio import load_eval_model
+    from wigglegpt import tokenizer
+    from wigglegpt.engine import generate, stream_text
+    from wigglegpt.evaluate import load_eval_model
 
     @lm_eval.api.registry.register_model(MODEL_NAME)
     class WiggleGPTLM(lm_eval.api.model.LM):
@@ -129,10 +129,10 @@ def model_class():
                 context, continuation = split_trailing_space(*request.args)
                 if context:  # as the harness's own models: encode the whole, then split off the
                     # context's length, so BPE merges across the join as in running text
-                    ctx_ids = tokenizer_bio.encode(context)
-                    cont_ids = tokenizer_bio.encode(context + continuation)[len(ctx_ids):]
+                    ctx_ids = tokenizer.encode(context)
+                    cont_ids = tokenizer.encode(context + continuation)[len(ctx_ids):]
                 else:
-                    ctx_ids, cont_ids = [tokenizer_bio.EOT], tokenizer_bio.encode(continuation)
+                    ctx_ids, cont_ids = [tokenizer.EOT], tokenizer.encode(continuation)
                 if not cont_ids:
                     raise UserError(f"empty continuation to score after {context[-40:]!r}")
                 whole = (ctx_ids + cont_ids)[-(self.block_size + 1):]  # a long context keeps its end
@@ -145,8 +145,8 @@ def model_class():
         def loglikelihood_rolling(self, requests, disable_tqdm=False):
             windows, owner = [], []
             for k, request in enumerate(requests):
-                for pair in rolling_windows(tokenizer_bio.encode(request.args[0]), self.block_size,
-                                            tokenizer_bio.EOT):
+                for pair in rolling_windows(tokenizer.encode(request.args[0]), self.block_size,
+                                            tokenizer.EOT):
                     windows.append(pair)
                     owner.append(k)
             totals = [0.0] * len(requests)
@@ -162,16 +162,16 @@ def model_class():
             for request in tqdm(requests, desc="generate_until", disable=disable_tqdm or None):
                 context, kwargs = request.args
                 kwargs = dict(kwargs or {})
-                until = kwargs.pop("until", None) or [tokenizer_bio.EOT_TEXT]
+                until = kwargs.pop("until", None) or [tokenizer.EOT_TEXT]
                 until = [until] if isinstance(until, str) else list(until)
                 max_new = int(kwargs.pop("max_gen_toks", 256))
                 sample = bool(kwargs.pop("do_sample", False))
                 temperature = float(kwargs.pop("temperature", 1.0)) if sample else 0.0
                 top_k, top_p = (kwargs.pop("top_k", None), kwargs.pop("top_p", None)) if sample else (None, None)
-                ids = tokenizer_bio.encode(context) if context else [tokenizer_bio.EOT]
+                ids = tokenizer.encode(context) if context else [tokenizer.EOT]
                 tokens = generate(self.model, ids, max_new, temperature=temperature, top_k=top_k, top_p=top_p,
-                                  stop_tokens=[tokenizer_bio.EOT],
-                                  seed=1234 if temperature > 0 else None, vocab_size=tokenizer_bio.VOCAB_SIZE,
+                                  stop_tokens=[tokenizer.EOT],
+                                  seed=1234 if temperature > 0 else None, vocab_size=tokenizer.VOCAB_SIZE,
                                   autocast=self.autocast)
                 text = "".join(stream_text(tokens, until))
                 self.cache_hook.add_partial("generate_until", request.args, text)

@@ -587,7 +587,7 @@ class GPT(nn.Module):
                 {"params": no_decay, "weight_decay": 0.0}]
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW over parameter_groups (optim_bio.make_optimizer offers the others)."""
+        """AdamW over parameter_groups (optim.make_optimizer offers the others)."""
         return torch.optim.AdamW(self.parameter_groups(weight_decay), lr=learning_rate, betas=betas,
                                  fused=(device_type == "cuda"))
 

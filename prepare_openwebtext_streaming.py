@@ -6,20 +6,21 @@ Prepare a plain-text corpus for pretraining: GPT-2 BPE tokens in train.bin / val
     python prepare_openwebtext_streaming.py --resume              # continue an interrupted run
 
 Rows are streamed (the corpus never sits in memory or in the datasets cache) and encoded in
-batches by worker processes; see dataprep_bio.py for the output format and the resume rules.
+batches by worker processes; see wigglegpt/dataprep.py for the output format and the resume rules.
 """
 
-import dataprep_bio
-from settings_bio import UserError, load_settings, run_main
+from wigglegpt import dataprep
+from wigglegpt.common import UserError, run_main
+from wigglegpt.settings import load_settings
 
 SETTINGS = {
-    **dataprep_bio.source_settings("Skylion007/openwebtext", None, "train", ".jsonl/.json/.parquet/.txt(.gz)"),
+    **dataprep.source_settings("Skylion007/openwebtext", None, "train", ".jsonl/.json/.parquet/.txt(.gz)"),
     "text_field": ("text", "row field holding the document text"),
     "text_sample_by": ("document", "for .txt files, one document per: document (whole file), paragraph, line"),
     "out_dir": ("data/openwebtext", "folder for train.bin, val.bin and meta.json"),
     "val_fraction": (0.0005, "share of documents that go to val.bin (chosen by a hash of each document)"),
     "max_docs": (None, "stop after this many source rows (default: all)"),
-    **dataprep_bio.common_settings("documents"),
+    **dataprep.common_settings("documents"),
 }
 
 
@@ -27,7 +28,7 @@ def main(argv=None):
     cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
     if cfg.text_sample_by not in ("document", "paragraph", "line"):
         raise UserError(f"text_sample_by={cfg.text_sample_by!r} should be document, paragraph or line")
-    dataprep_bio.prepare_from_settings(cfg, dataprep_bio.TextEncoder(cfg.text_field),
+    dataprep.prepare_from_settings(cfg, dataprep.TextEncoder(cfg.text_field),
                                        {"kind": "text", "text_field": cfg.text_field}, with_mask=False,
                                        max_rows=cfg.max_docs, text_sample_by=cfg.text_sample_by)
 

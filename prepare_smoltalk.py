@@ -9,7 +9,7 @@ tokens the loss is taken on.
 
 Each row holds "messages": a list of {"role": system|user|assistant, "content": str}. Malformed
 rows are skipped and counted by reason (printed at the end and kept in meta.json). The
-template is in tokenizer_bio.py; the output format and resume rules in dataprep_bio.py.
+template is in wigglegpt/tokenizer.py; the output format and resume rules in wigglegpt/dataprep.py.
 
 The defaults reproduce the published fine-tune's data (the original finetune_native.py): each
 conversation encoded as one string, cut to 1024 tokens, then <|endoftext|>; 5% of the
@@ -17,11 +17,12 @@ conversations in val. It trained on every token (--loss_on=all); the default her
 the assistant replies and their closing tags.
 """
 
-import dataprep_bio
-from settings_bio import UserError, load_settings, run_main
+from wigglegpt import dataprep
+from wigglegpt.common import UserError, run_main
+from wigglegpt.settings import load_settings
 
 SETTINGS = {
-    **dataprep_bio.source_settings("HuggingFaceTB/smoltalk2", "SFT", "smoltalk_smollm3_smol_magpie_ultra_no_think",
+    **dataprep.source_settings("HuggingFaceTB/smoltalk2", "SFT", "smoltalk_smollm3_smol_magpie_ultra_no_think",
                                    ".jsonl/.json/.parquet"),
     "messages_field": ("messages", "row field holding the list of {role, content} messages"),
     "out_dir": ("data/smoltalk", "folder for the .bin files and meta.json"),
@@ -31,7 +32,7 @@ SETTINGS = {
     "loss_on": ("assistant", "which tokens the loss is taken on: 'assistant' (replies and their closing "
                              "tags) or 'all' (every token, as the published fine-tune)"),
     "max_examples": (None, "stop after this many source rows (default: all)"),
-    **dataprep_bio.common_settings("conversations"),
+    **dataprep.common_settings("conversations"),
 }
 
 
@@ -41,10 +42,10 @@ def main(argv=None):
         raise UserError(f"loss_on={cfg.loss_on!r} should be 'assistant' or 'all'")
     if cfg.max_tokens < 0:
         raise UserError(f"max_tokens={cfg.max_tokens} should be 0 (no cut) or positive")
-    encoder = dataprep_bio.ChatEncoder(cfg.messages_field, cfg.max_tokens, cfg.loss_on)
+    encoder = dataprep.ChatEncoder(cfg.messages_field, cfg.max_tokens, cfg.loss_on)
     recipe = {"kind": "chat", "messages_field": cfg.messages_field, "template": "whole-string",
               "max_tokens": cfg.max_tokens, "loss_on": cfg.loss_on}
-    dataprep_bio.prepare_from_settings(cfg, encoder, recipe, with_mask=True,
+    dataprep.prepare_from_settings(cfg, encoder, recipe, with_mask=True,
                                        max_rows=cfg.max_examples)
 
 

@@ -18,10 +18,11 @@ import sys
 
 import torch
 
-from checkpoint_bio import load_model_from
-from engine_bio import check_options, generate, sampling_settings, stream_text
-from settings_bio import UserError, autocast_for, load_settings, pick_device, pick_dtype, run_main
-from tokenizer_bio import EOT, VOCAB_SIZE, StreamDecoder, encode
+from wigglegpt.checkpoint import load_model_from
+from wigglegpt.engine import check_options, generate, sampling_settings, stream_text
+from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, run_main
+from wigglegpt.settings import load_settings
+from wigglegpt.tokenizer import EOT, VOCAB_SIZE, StreamDecoder, encode
 
 INIT_FROM_MEANING = ("'resume' (out_dir/ckpt.pt), a checkpoint file, or GPT-2: gpt2, gpt2-medium, gpt2-large, "
                      "gpt2-xl or a transformers save_pretrained folder")
@@ -93,7 +94,7 @@ def model_source(cfg):
 
 
 def load_for_sampling(init_from, device, out_dir="out"):
-    """The model init_from names (see checkpoint_bio.load_model_from) in eval mode, checked to
+    """The model init_from names (see checkpoint.load_model_from) in eval mode, checked to
     use the GPT-2 vocabulary. Returns (model, where it came from)."""
     model, _, source = load_model_from(init_from, out_dir, device)
     if model.config.vocab_size < VOCAB_SIZE:

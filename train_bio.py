@@ -29,14 +29,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-import checkpoint_bio
-import evaluate_bio
-import gpu_bio
-import optim_bio
-import settings_bio
 import model_bio
 from model_bio import GPT, GPTConfig
-from settings_bio import UserError, load_settings, run_main
+from wigglegpt import checkpoint, common, evaluate, gpu, optim
+from wigglegpt.common import UserError, run_main
+from wigglegpt.settings import apply_settings, default_values, load_settings
 
 # ---------------------------------------------------------------------------------------
 # settings: defaults here, then a config file, then --key=value
@@ -90,7 +87,7 @@ SETTINGS = {
     "beta1": (None, "the original WiggleGPT's name for betas[0]; given, it replaces it"),
     "beta2": (None, "the original WiggleGPT's name for betas[1]; given, it replaces it"),
     "optimizer_type": ("adamw", "'adamw' (fused on CUDA), 'adamw8bit' (bitsandbytes, CUDA), 'lion' or 'adafactor' "
-                                "(see optim_bio.py)"),
+                                "(see wigglegpt/optim.py)"),
     "grad_clip": (1.0, "clip the gradient norm to this; 0.0 turns clipping off"),
     # learning-rate schedule
     "lr_schedule": ("cosine", "'cosine' (warmup + cosine decay), 'wsd' (warmup-stable-decay), 'wsd_cosine' (the "
@@ -115,7 +112,7 @@ SETTINGS = {
     "profile_memory": (False, "CUDA: record allocations and write out_dir/memory_snapshot.pickle at the end "
                               "(view it at pytorch.org/memory_viz)"),
     "seed": (1337, "random seed; each process adds its rank"),
-    "peak_flops": (0.0, "the device's dense bf16/fp16 peak FLOP/s for MFU; 0: look the GPU up in gpu_bio's table"),
+    "peak_flops": (0.0, "the device's dense bf16/fp16 peak FLOP/s for MFU; 0: look the GPU up in wigglegpt.gpu's table"),
     "max_nan_skips": (5, "stop after this many non-finite losses in a row (each skips its update)"),
     # logging
     "wandb_log": (False, "log to Weights & Biases (WANDB_MODE=offline works without network)"),
@@ -148,7 +145,7 @@ def as_settings(settings):
     """A dict or namespace of settings (missing ones take their defaults), type-checked like
     the command line; returns a fresh SimpleNamespace so the caller's object is never changed."""
     given = dict(settings) if isinstance(settings, dict) else dict(vars(settings))
-    values = settings_bio.apply_settings(SETTINGS, settings_bio.default_values(SETTINGS), given, "in the settings",
+    values = apply_settings(SETTINGS, default_values(SETTINGS), given, "in the settings",
                                          hints=ORIGINAL_ONLY)
     return types.SimpleNamespace(**values)
 
@@ -184,8 +181,8 @@ def check_settings(s):
     if s.decay_lr and s.lr_schedule != "constant" and s.lr_decay_iters <= held:
         extra = f" + stable_iters={s.stable_iters}" if held != s.warmup_iters else ""
         raise UserError(f"lr_decay_iters={s.lr_decay_iters} must be larger than warmup_iters={s.warmup_iters}{extra}")
-    if s.optimizer_type not in optim_bio.OPTIMIZERS:
-        raise UserError(f"optimizer_type={s.optimizer_type!r}; use one of {', '.join(optim_bio.OPTIMIZERS)}")
+    if s.optimizer_type not in optim.OPTIMIZERS:
+        raise UserError(f"optimizer_type={s.optimizer_type!r}; use one of {', '.join(optim.OPTIMIZERS)}")
     if s.compile not in ("auto", True, False):
         raise UserError(f"compile={s.compile!r}; use 'auto', True or False")
     if s.compile_mode not in COMPILE_MODES:
@@ -251,10 +248,10 @@ class Dist:
 def setup_distributed(requested_device, backend="auto"):
     """torchrun sets RANK/WORLD_SIZE: join the process group (auto: nccl on CUDA, else gloo)."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return Dist(), settings_bio.pick_device(requested_device)
+        return Dist(), common.pick_device(requested_device)
     import torch.distributed as dist
     d = Dist(True, int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]))
-    device = settings_bio.pick_device(requested_device)
+    device = common.pick_device(requested_device)
     if device.startswith("cuda"):
         device = f"cuda:{d.local_rank}"  # one GPU per process
         torch.cuda.set_device(device)
@@ -357,17 +354,17 @@ class Data:
 def open_data(s, d, device):
     folder = os.path.join(s.data_root, s.dataset)
     if d.master and s.dataset == "shakespeare":
-        import dataprep_bio  # the offline demo corpus is built on first use (seconds)
-        dataprep_bio.ensure_demo_data(folder)
+        from wigglegpt import dataprep  # the offline demo corpus is built on first use (seconds)
+        dataprep.ensure_demo_data(folder)
     if d.ddp:
         import torch.distributed as dist
         dist.barrier()  # the others wait until rank 0 has the files
     if not os.path.isdir(folder):
-        raise UserError(f"data folder not found: {folder} (prepare it with dataprep_bio.py, or set "
+        raise UserError(f"data folder not found: {folder} (prepare it with prepare_openwebtext_streaming.py or prepare_smoltalk.py, or set "
                         "--data_root / --dataset)")
     for split in SPLITS:
         if not os.path.isfile(os.path.join(folder, f"{split}.bin")):
-            raise UserError(f"{os.path.join(folder, split + '.bin')} is missing; prepare the data with dataprep_bio.py")
+            raise UserError(f"{os.path.join(folder, split + '.bin')} is missing; prepare the data with prepare_openwebtext_streaming.py or prepare_smoltalk.py")
     return Data(folder, s.batch_size, s.block_size, s.vocab_size, device)
 
 
@@ -474,7 +471,7 @@ def build_model(s, device, d):
     if s.init_from == "scratch":
         return GPT(model_config_from(s)).to(device), None
     # resume, fine-tune from a checkpoint, or from GPT-2 (a name or a save_pretrained folder)
-    model, ckpt, source = checkpoint_bio.load_model_from(s.init_from, s.out_dir, device, **overrides)
+    model, ckpt, source = checkpoint.load_model_from(s.init_from, s.out_dir, device, **overrides)
     checked_against(s, model.config, source, d)
     if s.init_from == "resume":
         for key in ("optimizer", "iter_num"):
@@ -485,7 +482,7 @@ def build_model(s, device, d):
     note = ""
     if ckpt is None:
         note = " (GPT-2 weights through transformers)"
-    elif checkpoint_bio.is_original_format(ckpt):
+    elif checkpoint.is_original_format(ckpt):
         note = " (original WiggleGPT format: legacy_rope on)"
     print0(d, f"fine-tuning from {source}{note}")
     del ckpt
@@ -500,14 +497,14 @@ def write_metrics(out_dir, record):
     start {iter, params, tokens_per_iter, config, time}; train {iter, loss, lr, dt_ms, mfu (null
     when the device's peak FLOP/s is unknown), tokens, tokens_per_sec, firing_share}; eval {iter,
     train_loss, val_loss, train_bpb, val_bpb, tokens, lr, peak_mem_mb} (bpb: bits per byte of the
-    same eval batches, see evaluate_bio); hellaswag {iter, acc, acc_norm, n, tokens}; end {iter,
+    same eval batches, see wigglegpt.evaluate); hellaswag {iter, acc, acc_norm, n, tokens}; end {iter,
     best_val_loss, tokens, elapsed_s, reason}."""
     path = os.path.join(out_dir, "metrics.jsonl")
     try:
         with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
     except OSError as e:
-        raise settings_bio.write_error(path, e, resume_advice(os.path.join(out_dir, "ckpt.pt"))) from None
+        raise common.write_error(path, e, resume_advice(os.path.join(out_dir, "ckpt.pt"))) from None
 
 
 def peak_memory_mb(device):
@@ -534,14 +531,14 @@ def start_wandb(s, run_id):
 
 def save_run(path_dir, raw_model, optimizer, scaler, s, state, rngs, d, best):
     """ckpt.pt (rank 0 writes; every rank joins the RNG gather), and ckpt_best.pt when best."""
-    ckpt = checkpoint_bio.checkpoint_dict(
+    ckpt = checkpoint.checkpoint_dict(
         raw_model, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), train_config=dict(vars(s)),
         iter_num=state.iter_num, best_val_loss=float(state.best_val_loss), tokens=state.tokens,
         last_eval_iter=state.last_eval_iter, last_hellaswag_iter=state.last_hellaswag_iter, rng={k: v for k, v in rngs[0].items() if k != "sampler"},
         sampler={"generator": rngs[0]["sampler"], "world_size": d.world},
         rank_states=rngs if d.ddp else None, wandb_run_id=state.wandb_run_id)
     path = os.path.join(path_dir, "ckpt.pt")
-    checkpoint_bio.save_checkpoint(ckpt, path, resume_advice(path))
+    checkpoint.save_checkpoint(ckpt, path, resume_advice(path))
     if best:
         keep_as_best(ckpt, path, os.path.join(path_dir, "ckpt_best.pt"))
     return path
@@ -566,7 +563,7 @@ def keep_as_best(ckpt, latest, best):
     except OSError:  # a filesystem without hard links
         if os.path.exists(tmp):
             os.remove(tmp)
-        checkpoint_bio.save_checkpoint(ckpt, best, resume_advice(latest))
+        checkpoint.save_checkpoint(ckpt, best, resume_advice(latest))
 
 
 def start_memory_profile(s, d, device):
@@ -705,8 +702,8 @@ def activation_choice(config, device_type):
 def setup_run(s, d, device):
     """Precision, seeds, model (scratch, resumed or fine-tuned), data and optimizer."""
     device_type = device.split(":")[0]
-    dtype = settings_bio.pick_dtype(s.dtype, device)  # bf16/fp16 on the CPU too, through CPU autocast
-    autocast = settings_bio.autocast_for(device, dtype)
+    dtype = common.pick_dtype(s.dtype, device)  # bf16/fp16 on the CPU too, through CPU autocast
+    autocast = common.autocast_for(device, dtype)
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere+: fp32 range, much faster
         torch.backends.cudnn.allow_tf32 = True
@@ -720,7 +717,7 @@ def setup_run(s, d, device):
     raw_model, ckpt = build_model(s, device, d)  # before the data: a checkpoint brings its own vocab_size
     fit_to_memory(s, d, device, dtype, autocast, raw_model, ckpt)
     data = open_data(s, d, device)
-    optimizer = optim_bio.make_optimizer(raw_model, s.optimizer_type, s.weight_decay, s.learning_rate, s.betas,
+    optimizer = optim.make_optimizer(raw_model, s.optimizer_type, s.weight_decay, s.learning_rate, s.betas,
                                          device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # fp16 needs loss scaling, bf16 not
     compiled, note = compile_choice(s.compile, device)
@@ -730,7 +727,7 @@ def setup_run(s, d, device):
     train_model = data_parallel(model, d, device_type) if d.ddp else model
     run = Run(s, d, device, dtype, autocast, raw_model, model, train_model, optimizer, scaler, data, sampler,
               RunState(), s.gradient_accumulation_steps * s.batch_size * s.block_size,
-              s.gradient_accumulation_steps // d.world, gpu_bio.resolve_peak_flops(s.peak_flops, device)[0],
+              s.gradient_accumulation_steps // d.world, gpu.resolve_peak_flops(s.peak_flops, device)[0],
               compiled=compiled, activation=activation_choice(raw_model.config, device_type))
     if ckpt is not None:
         saved = ckpt.get("train_config", {}).get("optimizer_type", "adamw")
@@ -739,12 +736,12 @@ def setup_run(s, d, device):
                             f"--optimizer_type={saved}, or fine-tune from it with --init_from=<that path>")
         restore(run, ckpt)
     if s.hellaswag_interval and not s.eval_only:  # read now: a bad file fails before any training
-        run.hellaswag_rows = evaluate_bio.load_hellaswag(s.hellaswag_file, s.hellaswag_limit)
+        run.hellaswag_rows = evaluate.load_hellaswag(s.hellaswag_file, s.hellaswag_limit)
     return run
 
 
 def fit_to_memory(s, d, device, dtype, autocast, model, ckpt=None):
-    """batch_size='auto': find the micro-batch (see gpu_bio.find_batch_size) and the accumulation
+    """batch_size='auto': find the micro-batch (see gpu.find_batch_size) and the accumulation
     that keep tokens_per_iter; a resumed run keeps what it chose (the same micro-batches and
     dropout draws: the resume stays exact). On CUDA, print the memory estimate."""
     saved = (ckpt or {}).get("train_config") or {}
@@ -757,7 +754,7 @@ def fit_to_memory(s, d, device, dtype, autocast, model, ckpt=None):
                   f"{s.gradient_accumulation_steps}" + (", with gradient checkpointing" if s.gradient_checkpointing else ""))
     if s.batch_size == "auto":
         sequences = s.tokens_per_iter // s.block_size // d.world  # per process and iteration
-        batch, checkpointing = gpu_bio.auto_batch(model, s.block_size, sequences, dtype, device, autocast,
+        batch, checkpointing = gpu.auto_batch(model, s.block_size, sequences, dtype, device, autocast,
                                                   s.gradient_checkpointing, log=lambda line: print0(d, line))
         s.batch_size, s.gradient_accumulation_steps = batch, sequences // batch * d.world
         s.gradient_checkpointing = checkpointing  # the record tells what really trained
@@ -765,7 +762,7 @@ def fit_to_memory(s, d, device, dtype, autocast, model, ckpt=None):
                   f"{s.gradient_accumulation_steps} x block_size {s.block_size} = {s.tokens_per_iter:,} tokens per "
                   "iteration" + (", with gradient checkpointing" if checkpointing else ""))
     if device.startswith("cuda"):
-        for line in gpu_bio.startup_memory_report(model, s.block_size, s.batch_size, dtype, device):
+        for line in gpu.startup_memory_report(model, s.block_size, s.batch_size, dtype, device):
             print0(d, line)
 
 
@@ -800,9 +797,9 @@ def print_figures(run):
     print0(d, f"device {run.device}, dtype {run.dtype}, {d.world:,} process(es)")
     if run.peak_flops:
         print0(d, f"MFU against {run.peak_flops / 1e12:,.1f} TFLOP/s "
-                  f"({gpu_bio.resolve_peak_flops(s.peak_flops, run.device)[1]})")
+                  f"({gpu.resolve_peak_flops(s.peak_flops, run.device)[1]})")
     else:
-        print0(d, f"note: {gpu_bio.unknown_peak_hint(run.device)}")
+        print0(d, f"note: {gpu.unknown_peak_hint(run.device)}")
     print0(d, f"model: {run.raw_model.get_num_params():,} parameters ({cfg.n_layer} layers, {cfg.n_head} heads, "
               f"{cfg.n_embd} wide; {', '.join(kind)})")
     print0(d, f"activation: {run.activation}; {'compiled' if run.compiled else 'eager'}")
@@ -858,7 +855,7 @@ def train_step(run, lr, stop):
 
 
 @torch.no_grad()
-def evaluate(run):
+def estimate_loss(run):
     """Mean loss over eval_iters batches of each split, from generators of their own so the
     training streams are untouched (an eval never changes what training does next), and the
     bits per byte of the same batches as '{split}_bpb': their nats / ln 2 / target bytes."""
@@ -868,7 +865,7 @@ def evaluate(run):
     # graph first would double the start-up before the first iteration
     model = run.model if run.steps_done or not run.compiled else run.raw_model
     model.eval()
-    byte_table = evaluate_bio.token_byte_table(run.raw_model.config.vocab_size, run.data.device)
+    byte_table = evaluate.token_byte_table(run.raw_model.config.vocab_size, run.data.device)
     out = {}
     for split in SPLITS:
         generator = torch.Generator().manual_seed(eval_seed(s.seed, d.rank, split))
@@ -880,10 +877,10 @@ def evaluate(run):
                 _, loss = model(x, y, return_logits=False)
             losses[k] = loss
             sums[0] += loss.float() * (y >= 0).sum()  # the mean over the batch's targets, back to a sum
-            sums[1] += evaluate_bio.target_bytes(y, byte_table)
+            sums[1] += evaluate.target_bytes(y, byte_table)
         out[split] = all_reduce_mean(losses.mean(), run.d).item()  # syncs the GPU
         nats, n_bytes = all_reduce_mean(sums, run.d).tolist()  # means of both: the same ratio as sums
-        out[f"{split}_bpb"] = evaluate_bio.bits_per_byte(nats, n_bytes)
+        out[f"{split}_bpb"] = evaluate.bits_per_byte(nats, n_bytes)
     model.train()
     return out
 
@@ -892,7 +889,7 @@ def score_hellaswag(run):
     """HellaSwag acc and acc_norm, each process scoring its share of the rows; rank 0 logs them."""
     s, d, state = run.s, run.d, run.state
     mine = run.hellaswag_rows[d.rank::d.world]
-    r = evaluate_bio.score_hellaswag(run.raw_model, mine, run.data.device, run.ctx,  # raw: no recompiles per length
+    r = evaluate.score_hellaswag(run.raw_model, mine, run.data.device, run.ctx,  # raw: no recompiles per length
                                      show_progress=d.master)
     counts = all_reduce_mean(torch.tensor([r["correct"], r["correct_norm"], r["n"]], dtype=torch.float32,
                                           device=run.data.device), d)  # float32: MPS has no float64
@@ -919,7 +916,7 @@ def eval_and_save(run, lr, at_end):
     """Estimate the losses, log them, and save ckpt.pt (+ ckpt_best.pt when val improved).
     Returns (val loss, checkpoint path or None)."""
     s, d, state = run.s, run.d, run.state
-    losses = evaluate(run)
+    losses = estimate_loss(run)
     state.last_eval_iter = state.iter_num
     firing = run.raw_model.firing_share()  # since the last log line, mostly the eval batches; syncs the GPU
     print0(d, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
@@ -997,7 +994,7 @@ def _train(s, d, device):
     print_figures(run)
 
     if s.eval_only:  # a look at the losses; the run's files stay as they are
-        losses = evaluate(run)
+        losses = estimate_loss(run)
         print0(d, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         return dict(iter=state.iter_num, best_val_loss=state.best_val_loss, tokens=state.tokens,
                     elapsed_s=time.time() - t_start, out_dir=s.out_dir, reason="eval_only",

@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from model_bio import OscillateFunction, OscillatingActivation
-from settings_bio import UserError, load_settings, run_main
+from wigglegpt.common import UserError, run_main
+from wigglegpt.settings import load_settings
 
 SETTINGS = {
     "seeds": (10, "number of seeds; seeds 0 .. seeds-1 are run, none left out"),

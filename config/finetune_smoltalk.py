@@ -1,7 +1,7 @@
 # Chat fine-tuning (SFT) of a pretrained WiggleGPT 124M on SmolTalk, for an 8 GB GPU.
 # The data folder holds train_mask.bin / val_mask.bin, so the loss counts only the
 # assistant's replies (train_bio.py turns every other target into -1).
-#   python dataprep_bio.py ... (smoltalk)   # builds data/smoltalk with the masks
+#   python prepare_smoltalk.py   # builds data/smoltalk with the masks
 #   python train_bio.py config/finetune_smoltalk.py
 # From the published pretrained model instead of your own run: download ckpt_pretrain.pt and
 #   python train_bio.py config/finetune_smoltalk.py --init_from=path/to/ckpt_pretrain.pt

@@ -40,7 +40,7 @@ max_iters = 600000  # 19.7B tokens
 device = "auto"
 dtype = "auto"  # bf16 on Ampere and newer, else fp16 with loss scaling
 compile = "auto"  # compiled on CUDA where Triton works (slow first iterations), eager elsewhere
-# MFU is measured against the peak of the GPU in use (gpu_bio.PEAK_FLOPS); peak_flops = ... overrides it
+# MFU is measured against the peak of the GPU in use (PEAK_FLOPS in wigglegpt/gpu.py); peak_flops = ... overrides it
 
 wandb_log = False
 wandb_project = "wigglegpt"

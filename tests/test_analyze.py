@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import analyze_bio
-from checkpoint_bio import checkpoint_dict, save_checkpoint
+from wigglegpt.checkpoint import checkpoint_dict, save_checkpoint
 from conftest import ROOT, tiny_config
 from model_bio import GPT
-from settings_bio import UserError
+from wigglegpt.common import UserError
 
 HIDDEN = 160  # n_embd 40: 25% (40) and 10% (16) of a layer's neurons are whole numbers
 

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 import bench_bio
-import gpu_bio
+from wigglegpt import gpu
 import model_bio
 from conftest import ROOT, tiny_config
-from settings_bio import UserError
+from wigglegpt.common import UserError
 
 # the GPU check's sizes for a tiny model on the CPU: every part runs, in seconds
 TINY_SIZES = dict(max_batch=2, repeats=1, compiled=(False,), numerics_rows=64, compile_numerics=False,
@@ -204,7 +204,7 @@ def test_sync_counter_counts_the_sync_warnings_of_each_call(monkeypatch):
     ("", None),
 ])
 def test_bandwidth_table(name, bandwidth):
-    assert gpu_bio.bandwidth_for(name) == bandwidth
+    assert gpu.bandwidth_for(name) == bandwidth
 
 
 def test_gpu_check_without_cuda_is_one_line():

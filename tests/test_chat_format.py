@@ -6,14 +6,14 @@ assistant mask is computed on those whole-string tokens (a token straddling the 
 reply is learned), and chat prompts are the ids the original chat.py built.
 
 The reference renderings below are written here with plain string building, independent of
-tokenizer_bio's code.
+wigglegpt.tokenizer's code.
 """
 
 import random
 
 import pytest
 
-import tokenizer_bio as tk
+from wigglegpt import tokenizer as tk
 
 PIECES = ["Hello", " world", "\n", "\n\n", "\n\n\n", "\n ", "  ", "\t", " ", "naïve café", "日本語",
           "😀👍🏽", "<|endoftext|>", "<|user|>", "<|/assistant|>", "a\r\nb", "x" * 40, "1234", "—", ".", "?"]
@@ -35,7 +35,7 @@ def original_ids(messages, max_tokens=1024):
 
 def reference_mask(messages, ids):
     """1 where a token shares a character with a reply or its closing tag (char offsets from
-    tiktoken's decode_with_offsets, a different route than the byte counts of tokenizer_bio)."""
+    tiktoken's decode_with_offsets, a different route than the byte counts of wigglegpt.tokenizer)."""
     text, spans, at = original_text(messages), [], 0
     for m in messages:
         header = "<|" + m["role"] + "|>\n"
@@ -175,5 +175,5 @@ def test_prepare_smoltalk_writes_the_original_ids_with_either_loss(tmp_path):
     assert all(set(mask) == {1} for _, mask in found["all"])
     with pytest.raises(SystemExit):
         import prepare_smoltalk
-        from settings_bio import run_main
+        from wigglegpt.common import run_main
         run_main(lambda: prepare_smoltalk.main(["--loss_on=users", f"--out_dir={tmp_path / 'x'}"]))

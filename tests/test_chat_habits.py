@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import chat_bio
-import engine_bio
-from checkpoint_bio import checkpoint_dict, save_checkpoint
+from wigglegpt import engine
+from wigglegpt.checkpoint import checkpoint_dict, save_checkpoint
 from conftest import ROOT, ScriptedModel, tiny_config
 from model_bio import GPT
-from settings_bio import UserError
-from tokenizer_bio import EOT, encode, render_prompt
+from wigglegpt.common import UserError
+from wigglegpt.tokenizer import EOT, encode, render_prompt
 
 
 def test_reply_ends_where_the_model_starts_a_user_turn():
@@ -45,10 +45,10 @@ def test_history_keeps_replies_stripped_as_the_original():
 
 
 def test_a_partial_user_tag_is_held_back_until_it_is_known():
-    pieces = list(engine_bio.stream_text(iter(encode("a <|us")), chat_bio.STOP_STRINGS))
+    pieces = list(engine.stream_text(iter(encode("a <|us")), chat_bio.STOP_STRINGS))
     assert "".join(pieces[:-1]) == "a "  # "<|us" could still have become "<|user|>": not shown...
     assert pieces[-1] == "<|us"  # ...until the generation ended and it was text after all
-    pieces = list(engine_bio.stream_text(iter(encode("x <|user says <|user|> y")), chat_bio.STOP_STRINGS))
+    pieces = list(engine.stream_text(iter(encode("x <|user says <|user|> y")), chat_bio.STOP_STRINGS))
     assert "".join(pieces) == "x <|user says "
 
 
@@ -74,27 +74,27 @@ def test_default_reply_length_fits_the_context():
 def test_preset_original_and_explicit_settings_win():
     cfg = types.SimpleNamespace(preset="original", temperature=0.8, top_k=5, top_p=0.9, repetition_penalty=1.1,
                                 repetition_window=0)
-    engine_bio.apply_preset(cfg, ["--preset=original", "--top_k=5"])
+    engine.apply_preset(cfg, ["--preset=original", "--top_k=5"])
     assert (cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, cfg.repetition_window) == \
         (0.7, 5, 1.0, 1.15, 100)
     with pytest.raises(UserError, match="unknown preset"):
-        engine_bio.apply_preset(types.SimpleNamespace(preset="gpt4"), [])
+        engine.apply_preset(types.SimpleNamespace(preset="gpt4"), [])
 
 
 def test_repetition_window_limits_what_is_penalised(monkeypatch):
     seen = []
-    real = engine_bio.apply_repetition_penalty
-    monkeypatch.setattr(engine_bio, "apply_repetition_penalty",
+    real = engine.apply_repetition_penalty
+    monkeypatch.setattr(engine, "apply_repetition_penalty",
                         lambda logits, ids, penalty: seen.append(list(ids)) or real(logits, ids, penalty))
     prompt = list(range(1, 21))
-    list(engine_bio.generate(ScriptedModel(20, [7, 8, 9]), prompt, 3, temperature=0, repetition_penalty=1.5,
+    list(engine.generate(ScriptedModel(20, [7, 8, 9]), prompt, 3, temperature=0, repetition_penalty=1.5,
                              repetition_window=4))
     assert seen == [[17, 18, 19, 20], [18, 19, 20, 7], [19, 20, 7, 8]]
     seen.clear()
-    list(engine_bio.generate(ScriptedModel(20, [7]), prompt, 1, temperature=0, repetition_penalty=1.5))
+    list(engine.generate(ScriptedModel(20, [7]), prompt, 1, temperature=0, repetition_penalty=1.5))
     assert seen == [prompt]  # 0: the whole context, as before
     with pytest.raises(UserError, match="repetition_window"):
-        list(engine_bio.generate(ScriptedModel(20, [7]), prompt, 1, repetition_window=-1))
+        list(engine.generate(ScriptedModel(20, [7]), prompt, 1, repetition_window=-1))
 
 
 @pytest.fixture(scope="module")
@@ -128,10 +128,10 @@ def test_whitespace_only_prompt_is_one_line(small_context_run):
 
 
 def test_none_is_accepted_only_where_the_setting_says_what_it_means():
-    from settings_bio import load_settings
+    from wigglegpt.settings import load_settings
     import train_bio
     cfg = load_settings(chat_bio.SETTINGS, ["--top_k=None", "--top_p=None"], allow_config_file=False)
     assert cfg.top_k is None and cfg.top_p is None
-    engine_bio.check_options(0, cfg.temperature, cfg.top_k, cfg.top_p)
+    engine.check_options(0, cfg.temperature, cfg.top_k, cfg.top_p)
     with pytest.raises(UserError, match="batch_size"):
         load_settings(train_bio.SETTINGS, ["--batch_size=None"])

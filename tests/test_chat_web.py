@@ -1,4 +1,4 @@
-"""Protects the web chat (python chat_bio.py --web: chat_web_bio.py and chat_web.html): the
+"""Protects the web chat (python chat_bio.py --web: wigglegpt/web.py and wigglegpt/chat_web.html): the
 streamed reply is the terminal chat's reply (same template, stop strings, defaults); long
 conversations are trimmed exactly as fit_history trims them, and cheaply; every bad request
 is a 4xx with a one-line reason; 20 concurrent requests each get their own reply while the
@@ -24,11 +24,11 @@ import pytest
 import torch
 
 import chat_bio
-import chat_web_bio
-from checkpoint_bio import checkpoint_dict, save_checkpoint
+from wigglegpt import web
+from wigglegpt.checkpoint import checkpoint_dict, save_checkpoint
 from conftest import ROOT, require_module, tiny_config
 from model_bio import GPT
-from tokenizer_bio import decode, render_prompt
+from wigglegpt.tokenizer import decode, render_prompt
 
 INSTALL = "pip install -r requirements-optional.txt"
 BLOCK = 128
@@ -86,7 +86,7 @@ def client(model):
     require_module("fastapi", INSTALL)
     require_module("httpx", INSTALL)
     from fastapi.testclient import TestClient
-    with TestClient(chat_web_bio.create_app(make_chat(model), "tiny-test")) as c:
+    with TestClient(web.create_app(make_chat(model), "tiny-test")) as c:
         yield c
 
 
@@ -143,7 +143,7 @@ def test_info_reports_the_model_and_the_terminal_defaults(model):
     from fastapi.testclient import TestClient
     defaults = {key: chat_bio.SETTINGS[key][0] for key in ("temperature", "top_k", "top_p", "repetition_penalty")}
     chat = chat_bio.Chat(model, system="", max_new_tokens=64, **defaults)
-    info = TestClient(chat_web_bio.create_app(chat, "out/ckpt.pt")).get("/api/info").json()
+    info = TestClient(web.create_app(chat, "out/ckpt.pt")).get("/api/info").json()
     assert info["status"] == "ok" and info["model"] == "out/ckpt.pt" and info["busy"] == 0
     assert info["parameters"] == model.get_num_params() and info["context"] == BLOCK
     assert info["defaults"] == {"system": "", "max_new_tokens": 64, "seed": None, "repetition_window": 0, **defaults}
@@ -193,14 +193,14 @@ def test_cheap_trimming_keeps_exactly_what_fit_history_keeps():
             expected = chat_bio.fit_history(system, messages, budget)
         except chat_bio.MessageTooLong:
             with pytest.raises(chat_bio.MessageTooLong):
-                chat_web_bio.fit_conversation(system, messages, budget)
+                web.fit_conversation(system, messages, budget)
             continue
-        assert chat_web_bio.fit_conversation(system, messages, budget) == expected, trial
+        assert web.fit_conversation(system, messages, budget) == expected, trial
 
 
 def test_a_very_long_conversation_is_trimmed_quickly(client):
     messages = [user("word " * 150), {"role": "assistant", "content": "reply " * 150}] * 499 + [user("hi")]
-    assert len(json.dumps({"messages": messages})) < chat_web_bio.MAX_BODY_BYTES
+    assert len(json.dumps({"messages": messages})) < web.MAX_BODY_BYTES
     started = time.perf_counter()
     response = client.post("/api/chat", json={"messages": messages, "max_new_tokens": 2})
     assert time.perf_counter() - started < 10  # fit_history alone would render ~1000 prompts of ~800K tokens
@@ -240,7 +240,7 @@ BAD_REQUESTS = {
     "message_longer_than_context": ({"messages": [user("word " * 400)]}, 400, "tokens"),
     "too_many_messages": ({"messages": [user("hi"), {"role": "assistant", "content": "yo"}] * 600 + [user("a")]},
                           413, "at most"),
-    "body_too_large": ({"messages": [user("x" * (chat_web_bio.MAX_BODY_BYTES + 10))]}, 413, "bytes"),
+    "body_too_large": ({"messages": [user("x" * (web.MAX_BODY_BYTES + 10))]}, 413, "bytes"),
 }
 
 
@@ -272,8 +272,8 @@ def test_stop_refuses_unknown_ids_and_bad_bodies(client):
 
 
 def test_missing_optional_package_is_one_line_with_the_install_command():
-    with pytest.raises(chat_web_bio.UserError, match="requirements-optional.txt"):
-        chat_web_bio.require("a_package_that_is_not_installed")
+    with pytest.raises(web.UserError, match="requirements-optional.txt"):
+        web.require("a_package_that_is_not_installed")
 
 
 # --- a live server -----------------------------------------------------------------
@@ -282,7 +282,7 @@ def test_missing_optional_package_is_one_line_with_the_install_command():
 def live_server(app):
     """Serve app with uvicorn on 127.0.0.1 and a free port, in a thread; yield its URL."""
     uvicorn = require_module("uvicorn", INSTALL)
-    sock = chat_web_bio.bind("127.0.0.1", 0)
+    sock = web.bind("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -291,7 +291,7 @@ def live_server(app):
         assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
         time.sleep(0.02)
     try:
-        yield chat_web_bio.url_for(sock).rstrip("/")
+        yield web.url_for(sock).rstrip("/")
     finally:
         app.state.worker.stop_all()
         server.should_exit = True
@@ -307,7 +307,7 @@ def paced():
 @pytest.fixture(scope="module")
 def server(paced):
     require_module("fastapi", INSTALL)
-    app = chat_web_bio.create_app(make_chat(paced), "tiny-paced")
+    app = web.create_app(make_chat(paced), "tiny-paced")
     with live_server(app) as url:
         yield url, app
 
@@ -436,9 +436,9 @@ def test_command_refuses_bad_web_settings_in_one_line(checkpoint):
     require_module("fastapi", INSTALL)
     require_module("uvicorn", INSTALL)
     for arg, phrase in (("--port=70000", "port"), ("--prompt=hi", "--prompt")):  # refused before the model loads
-        with pytest.raises(chat_web_bio.UserError, match=phrase):
+        with pytest.raises(web.UserError, match=phrase):
             chat_bio.main(chat_command(checkpoint, arg)[2:])
-    with chat_web_bio.bind("127.0.0.1", 0) as taken:  # a port in use: through the real command
+    with web.bind("127.0.0.1", 0) as taken:  # a port in use: through the real command
         result = subprocess.run(chat_command(checkpoint, f"--port={taken.getsockname()[1]}"), capture_output=True,
                                 text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     lines = result.stderr.strip().splitlines()
@@ -515,7 +515,7 @@ def test_the_page_in_a_real_browser(tmp_path):
     require_module("uvicorn", INSTALL)
     paced = Paced(tiny_chat_model())
     chat = make_chat(paced, system="You are a helpful assistant.", max_new_tokens=60, temperature=0.7, seed=1)
-    app = chat_web_bio.create_app(chat, "tiny-random (test)")
+    app = web.create_app(chat, "tiny-random (test)")
     driver = browser()
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

@@ -1,4 +1,4 @@
-"""Protects checkpoint_bio.py: our checkpoints round-trip to identical logits and rebuild with
+"""Protects wigglegpt/checkpoint.py: our checkpoints round-trip to identical logits and rebuild with
 GPTConfig(**ckpt['config']); the original WiggleGPT format (model_args, training config under
 'config', '_orig_mod.' keys, tensor best_val_loss) loads with legacy_rope on; bad files give
 one clear error; a save is atomic; a v2 file (the 45.31M sparse model: event-layer gate,
@@ -12,7 +12,7 @@ import pickle
 import pytest
 import torch
 
-from checkpoint_bio import (CheckpointError, checkpoint_dict, clean_state_dict, load_checkpoint,
+from wigglegpt.checkpoint import (CheckpointError, checkpoint_dict, clean_state_dict, load_checkpoint,
                             load_model, save_checkpoint)
 from conftest import tiny_config
 from model_bio import GPT, GPTConfig

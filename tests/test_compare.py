@@ -21,7 +21,7 @@ import pytest
 
 import compare_bio
 from conftest import ROOT
-from settings_bio import UserError
+from wigglegpt.common import UserError
 
 
 def write_metrics(folder, records):

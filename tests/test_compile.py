@@ -13,7 +13,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from conftest import tiny_config
-from engine_bio import generate
+from wigglegpt.engine import generate
 from model_bio import GPT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

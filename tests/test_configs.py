@@ -13,7 +13,7 @@ import torch
 
 import train_bio
 from model_bio import GPT
-from settings_bio import load_settings
+from wigglegpt.settings import load_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, "config", "*.py")))

@@ -12,12 +12,12 @@ import re
 import pytest
 import torch
 
-import gpu_bio
+from wigglegpt import gpu
 import train_bio
 from conftest import require_module, tiny_config
-from engine_bio import generate
+from wigglegpt.engine import generate
 from model_bio import GPT
-from settings_bio import autocast_for, pick_dtype
+from wigglegpt.common import autocast_for, pick_dtype
 from test_train import metrics, tiny
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -26,7 +26,7 @@ DTYPES = ["float16", "bfloat16"]
 
 
 def skip_without_bf16(dtype):
-    if dtype == "bfloat16" and not gpu_bio.has_native_bf16("cuda"):
+    if dtype == "bfloat16" and not gpu.has_native_bf16("cuda"):
         pytest.skip(f"{torch.cuda.get_device_name()} has no hardware bfloat16")
 
 
@@ -106,8 +106,8 @@ def test_batch_search_backs_off_from_a_real_out_of_memory():
     def trial(batch, checkpointing):
         if batch > 2:  # a real CUDA OOM, as a batch too large would raise
             torch.empty(too_big * 2, dtype=torch.uint8, device="cuda")
-        gpu_bio.cuda_trial(model, 0, 32, "cuda", autocast_for("cuda", "float16"))(batch, checkpointing)
-    assert gpu_bio.find_batch_size(trial, 8, log=lambda line: None) == (2, False)
+        gpu.cuda_trial(model, 0, 32, "cuda", autocast_for("cuda", "float16"))(batch, checkpointing)
+    assert gpu.find_batch_size(trial, 8, log=lambda line: None) == (2, False)
 
 
 def test_gpu_benchmark_section_fits_the_card():
@@ -117,7 +117,7 @@ def test_gpu_benchmark_section_fits_the_card():
         for mlp in ("Wiggle", "GELU"):
             what, tokens, _, detail = rows[f"124M {mlp} {how} training tokens/s (GPU)"]
             assert float(tokens.replace(",", "")) > 0 and re.search(r"B=\d+, T=1024", detail)
-            assert ("MFU unknown" in detail) == (gpu_bio.peak_flops_for(torch.cuda.get_device_name()) is None)
+            assert ("MFU unknown" in detail) == (gpu.peak_flops_for(torch.cuda.get_device_name()) is None)
         assert rows[f"124M tokens/s Wiggle / GELU, {how} (GPU)"][1].endswith("x")
 
 
@@ -133,16 +133,16 @@ class RecordingBatches(torch.nn.Module):
 
 def test_auto_batch_warms_up_with_one_sequence_on_the_gpu():
     model = RecordingBatches(GPT(tiny_config()).cuda())
-    found = gpu_bio.auto_batch(model, 32, 8, "float16", "cuda", autocast_for("cuda", "float16"), False,
+    found = gpu.auto_batch(model, 32, 8, "float16", "cuda", autocast_for("cuda", "float16"), False,
                                log=lambda line: None)
     assert found == (8, False) and model.batches == [1, 8]  # tiny: everything fits after the warm-up
 
 
 def test_the_estimate_counts_what_the_card_holds_outside_pytorch():
     torch.ones(1, device="cuda")  # the context exists
-    outside = gpu_bio.memory_outside_allocator("cuda")
+    outside = gpu.memory_outside_allocator("cuda")
     assert 50 * 2**20 < outside < torch.cuda.mem_get_info()[1]  # the context alone is a few hundred MB
-    line = gpu_bio.startup_memory_report(GPT(tiny_config()).cuda(), 32, 4, "float16", "cuda")[0]
+    line = gpu.startup_memory_report(GPT(tiny_config()).cuda(), 32, 4, "float16", "cuda")[0]
     assert "CUDA context and other programs" in line and "on the card" in line
 
 

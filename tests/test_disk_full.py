@@ -1,7 +1,7 @@
 """Protects every writer against a full disk or a missing permission: training through the real
 command line (a checkpoint write that fails with ENOSPC is one line on stderr that names the file
 and what to do, exit code 2, the previous ckpt.pt and ckpt_best.pt intact, no temporary file),
-checkpoint_bio's save on a permission error, and the data-prep writers (TokenWriter, the progress
+wigglegpt.checkpoint's save on a permission error, and the data-prep writers (TokenWriter, the progress
 record, meta.json in finish): the old dataset survives and --resume completes the interrupted one."""
 
 import errno
@@ -12,11 +12,10 @@ import sys
 import numpy as np
 import pytest
 
-import checkpoint_bio
-import dataprep_bio
+from wigglegpt import checkpoint, dataprep
 from conftest import ROOT, tiny_config
 from model_bio import GPT
-from settings_bio import UserError
+from wigglegpt.common import UserError
 from test_train import argv, cli_env, load, tiny
 
 DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
@@ -37,7 +36,7 @@ def test_training_on_a_full_disk_stops_with_one_line_and_keeps_the_checkpoints(t
         "    return real_save(obj, f, *args, **kwargs)\n"
         "torch.save = save\n"
         "import train_bio\n"
-        "from settings_bio import run_main\n"
+        "from wigglegpt.common import run_main\n"
         "run_main(lambda: train_bio.main(sys.argv[1:]))\n")
     r = subprocess.run([sys.executable, str(child), *argv(s)], cwd=ROOT, capture_output=True, text=True,
                        timeout=120, env=cli_env())
@@ -51,14 +50,14 @@ def test_training_on_a_full_disk_stops_with_one_line_and_keeps_the_checkpoints(t
 
 def test_checkpoint_save_without_permission(tmp_path, monkeypatch):
     path = str(tmp_path / "ckpt.pt")
-    checkpoint_bio.save_checkpoint(checkpoint_bio.checkpoint_dict(GPT(tiny_config()), iter_num=1), path)
+    checkpoint.save_checkpoint(checkpoint.checkpoint_dict(GPT(tiny_config()), iter_num=1), path)
 
     def no_permission(name, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", name)
-    monkeypatch.setattr(checkpoint_bio, "open", no_permission, raising=False)
+    monkeypatch.setattr(checkpoint, "open", no_permission, raising=False)
     with pytest.raises(UserError, match=r"could not write .*ckpt\.pt: Permission denied; make the folder writable"):
-        checkpoint_bio.save_checkpoint(checkpoint_bio.checkpoint_dict(GPT(tiny_config()), iter_num=2), path)
-    assert checkpoint_bio.load_checkpoint(path)["iter_num"] == 1 and os.listdir(tmp_path) == ["ckpt.pt"]
+        checkpoint.save_checkpoint(checkpoint.checkpoint_dict(GPT(tiny_config()), iter_num=2), path)
+    assert checkpoint.load_checkpoint(path)["iter_num"] == 1 and os.listdir(tmp_path) == ["ckpt.pt"]
 
 
 # ---------------------------------------------------------------------------------------
@@ -68,7 +67,7 @@ ROWS = [{"text": f"document {i}: " + "the quick brown fox jumps over the lazy do
 
 
 def prepare(out_dir, rows=ROWS, **kwargs):
-    return dataprep_bio.prepare(iter(rows), dataprep_bio.TextEncoder("text"), str(out_dir), source="test rows",
+    return dataprep.prepare(iter(rows), dataprep.TextEncoder("text"), str(out_dir), source="test rows",
                                 recipe={"kind": "text"}, val_fraction=0.1, batch_size=10, flush_bytes=2000, **kwargs)
 
 

@@ -88,7 +88,7 @@ def test_prepare_train_interrupt_resume_sample_chat_analyze(tmp_path):
 
 
 def test_readme_commands_and_configs_exist_and_parse():
-    from settings_bio import load_settings
+    from wigglegpt.settings import load_settings
     import train_bio
     from model_bio import GPT, GPTConfig
 

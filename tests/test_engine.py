@@ -1,4 +1,4 @@
-"""Protects engine_bio.py: greedy decoding over the KV cache gives exactly the tokens of a
+"""Protects wigglegpt/engine.py: greedy decoding over the KV cache gives exactly the tokens of a
 full-recompute loop (RoPE, learned wpe and legacy_rope models, also past block_size and for
 over-long prompts); a reused cache prefills only what changed; the sampler's options do what
 they say (top-k keeps exactly k, top-p keeps the nucleus, the repetition penalty divides
@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from engine_bio import (TokenCache, apply_repetition_penalty, check_options, generate, sample_next,
+from wigglegpt.engine import (TokenCache, apply_repetition_penalty, check_options, generate, sample_next,
                         stream_text, top_k_filter, top_p_filter)
 from model_bio import GPT
-from settings_bio import UserError
-from tokenizer_bio import decode, encode
+from wigglegpt.common import UserError
+from wigglegpt.tokenizer import decode, encode
 
 BLOCK = 16
 
@@ -238,7 +238,7 @@ def test_stream_text_closes_the_token_generator_at_a_stop():
 
 
 def test_a_tiny_temperature_sharpens_toward_greedy_instead_of_overflowing():
-    from engine_bio import sample_next
+    from wigglegpt.engine import sample_next
     logits = torch.tensor([[1.0, 3.0, 2.0, -50.0]])
     for temperature in (1e-45, 1e-30, 1e-6):
         assert sample_next(logits, temperature=temperature, generator=torch.Generator().manual_seed(0)).item() == 1

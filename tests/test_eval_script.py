@@ -1,6 +1,6 @@
 """Protects eval_bio.py through its real command line: on a tiny checkpoint saved with
-checkpoint_bio and a tiny prepared dataset it prints the table and appends one JSON line per
-task-metric whose values equal evaluate_bio's direct results; an unknown task, a dataset folder
+wigglegpt.checkpoint and a tiny prepared dataset it prints the table and appends one JSON line per
+task-metric whose values equal wigglegpt.evaluate's direct results; an unknown task, a dataset folder
 without val.bin, a malformed HellaSwag row and a missing model are one error line (exit 2)."""
 
 import json
@@ -13,12 +13,11 @@ import pytest
 import torch
 
 import eval_bio
-import evaluate_bio
-import tokenizer_bio
-from checkpoint_bio import checkpoint_dict, load_model, save_checkpoint
+from wigglegpt import evaluate, tokenizer
+from wigglegpt.checkpoint import checkpoint_dict, load_model, save_checkpoint
 from conftest import ROOT, tiny_config
 from model_bio import GPT
-from settings_bio import UserError
+from wigglegpt.common import UserError
 
 ROWS = [dict(ctx="The cat sat on the", endings=["mat.", "moon, far away from every other cat.", "dog.", "roof"],
              label=0),
@@ -34,7 +33,7 @@ def files(tmp_path_factory):
     save_checkpoint(checkpoint_dict(GPT(tiny_config(vocab_size=50304, block_size=32)), iter_num=5), ckpt)
     data = tmp / "data" / "tiny"
     data.mkdir(parents=True)
-    ids = tokenizer_bio.encode("To be, or not to be, that is the question. " * 30)
+    ids = tokenizer.encode("To be, or not to be, that is the question. " * 30)
     np.array(ids, dtype=np.uint16).tofile(data / "val.bin")
     (tmp / "data" / "empty").mkdir()
     hellaswag = tmp / "hellaswag.jsonl"
@@ -64,8 +63,8 @@ def test_command_line_prints_and_appends_results(files):
 
     model, _ = load_model(files["ckpt"])
     model.eval()
-    val = evaluate_bio.val_loss_bpb(model, os.path.join(files["data_root"], "tiny"), 6, 4, 0, 7)
-    hs = evaluate_bio.score_hellaswag(model, evaluate_bio.load_hellaswag(files["hellaswag"]))
+    val = evaluate.val_loss_bpb(model, os.path.join(files["data_root"], "tiny"), 6, 4, 0, 7)
+    hs = evaluate.score_hellaswag(model, evaluate.load_hellaswag(files["hellaswag"]))
     got = {x["metric"]: x["value"] for x in records}
     assert got["loss"] == pytest.approx(val["loss"], rel=1e-5)
     assert got["bpb"] == pytest.approx(val["bpb"], rel=1e-5)

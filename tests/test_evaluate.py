@@ -1,4 +1,4 @@
-"""Protects evaluate_bio.py: bits per byte and val loss equal a direct token-by-token computation
+"""Protects wigglegpt/evaluate.py: bits per byte and val loss equal a direct token-by-token computation
 (multi-byte tokens, <|endoftext|> and padding ids counting 0 bytes, masked chat targets), the
 windows are the same on every call; HellaSwag ending scores from the padded batch of 4 equal
 one-ending-at-a-time log-probabilities (endings of different token lengths), acc / acc_norm
@@ -14,11 +14,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import evaluate_bio
-import tokenizer_bio
+from wigglegpt import evaluate, tokenizer
 from conftest import tiny_config
 from model_bio import GPT
-from settings_bio import UserError
+from wigglegpt.common import UserError
 
 VOCAB = 50304  # GPT-2's ids plus the padding ids past 50256
 
@@ -39,36 +38,36 @@ def direct_logprob(model, ids, first_scored):
 
 
 def test_byte_table_counts_text_bytes_only():
-    table = evaluate_bio.token_byte_table(VOCAB)
+    table = evaluate.token_byte_table(VOCAB)
     text = "Caf\u00e9 \u65e5\u672c \U0001f600 plain words"
-    ids = tokenizer_bio.encode(text)
+    ids = tokenizer.encode(text)
     assert int(table[ids].sum()) == len(text.encode("utf-8"))  # tokens split characters, bytes add up
     assert int(table[ord("a")]) == 1
-    assert int(table[tokenizer_bio.EOT]) == 0
+    assert int(table[tokenizer.EOT]) == 0
     assert int(table[50257:].sum()) == 0  # padding ids
-    word = tokenizer_bio.encode(" hello")[0]
-    y = torch.tensor([[word, -1, tokenizer_bio.EOT, 50300]])
-    assert int(evaluate_bio.target_bytes(y, table)) == len(b" hello")
+    word = tokenizer.encode(" hello")[0]
+    y = torch.tensor([[word, -1, tokenizer.EOT, 50300]])
+    assert int(evaluate.target_bytes(y, table)) == len(b" hello")
 
 
 def test_val_loss_and_bpb_match_direct_computation(model, tmp_path):
     text = "Caf\u00e9 na\u00efve \u2014 r\u00e9sum\u00e9s of \u65e5\u672c. " * 20
-    ids = tokenizer_bio.encode(text) + [tokenizer_bio.EOT, 50280] + tokenizer_bio.encode(text)
+    ids = tokenizer.encode(text) + [tokenizer.EOT, 50280] + tokenizer.encode(text)
     np.array(ids, dtype=np.uint16).tofile(tmp_path / "val.bin")
-    got = evaluate_bio.val_loss_bpb(model, str(tmp_path), n_windows=5, batch_size=2, block_size=24, seed=3)
-    again = evaluate_bio.val_loss_bpb(model, str(tmp_path), n_windows=5, batch_size=5, block_size=24, seed=3)
+    got = evaluate.val_loss_bpb(model, str(tmp_path), n_windows=5, batch_size=2, block_size=24, seed=3)
+    again = evaluate.val_loss_bpb(model, str(tmp_path), n_windows=5, batch_size=5, block_size=24, seed=3)
     assert again["loss"] == pytest.approx(got["loss"], rel=1e-5)  # same windows, any batch size
 
     # the same windows, scored one token at a time
-    x, y = evaluate_bio.val_windows(str(tmp_path), 5, 24, seed=3)
+    x, y = evaluate.val_windows(str(tmp_path), 5, 24, seed=3)
     nats, n_bytes, tokens = 0.0, 0, 0
-    enc = tokenizer_bio.get_tokenizer()
+    enc = tokenizer.get_tokenizer()
     for row in range(5):
         window = x[row].tolist() + [int(y[row, -1])]
         logprob, count = direct_logprob(model, window, 1)
         nats -= logprob
         tokens += count
-        n_bytes += sum(len(enc.decode_single_token_bytes(t)) for t in y[row].tolist() if t < tokenizer_bio.EOT)
+        n_bytes += sum(len(enc.decode_single_token_bytes(t)) for t in y[row].tolist() if t < tokenizer.EOT)
     assert got["tokens"] == tokens == 5 * 24
     assert got["bytes"] == n_bytes
     assert got["loss"] == pytest.approx(nats / tokens, rel=1e-4)
@@ -77,13 +76,13 @@ def test_val_loss_and_bpb_match_direct_computation(model, tmp_path):
 
 
 def test_masked_targets_are_left_out(model, tmp_path):
-    ids = tokenizer_bio.encode("The user asked. The assistant answered at length. " * 10)
+    ids = tokenizer.encode("The user asked. The assistant answered at length. " * 10)
     np.array(ids, dtype=np.uint16).tofile(tmp_path / "val.bin")
     mask = np.zeros(len(ids), dtype=np.uint8)
     mask[::2] = 1
     mask.tofile(tmp_path / "val_mask.bin")
-    got = evaluate_bio.val_loss_bpb(model, str(tmp_path), n_windows=3, batch_size=3, block_size=16, seed=1)
-    x, y = evaluate_bio.val_windows(str(tmp_path), 3, 16, seed=1)
+    got = evaluate.val_loss_bpb(model, str(tmp_path), n_windows=3, batch_size=3, block_size=16, seed=1)
+    x, y = evaluate.val_windows(str(tmp_path), 3, 16, seed=1)
     assert got["tokens"] == int((y >= 0).sum()) < 3 * 16
     nats = 0.0
     for row in range(3):
@@ -96,7 +95,7 @@ def test_masked_targets_are_left_out(model, tmp_path):
 
 def test_missing_val_bin_is_a_user_error(model, tmp_path):
     with pytest.raises(UserError, match="val.bin is missing"):
-        evaluate_bio.val_loss_bpb(model, str(tmp_path))
+        evaluate.val_loss_bpb(model, str(tmp_path))
 
 
 ROWS = [
@@ -114,21 +113,21 @@ ROWS = [
 
 
 def test_hellaswag_scores_match_direct_computation(model):
-    rows = [evaluate_bio.check_hellaswag_row(r, f"row {i}") for i, r in enumerate(ROWS)]
-    lengths = {len(tokenizer_bio.encode(" " + e)) for e in rows[0]["endings"]}
+    rows = [evaluate.check_hellaswag_row(r, f"row {i}") for i, r in enumerate(ROWS)]
+    lengths = {len(tokenizer.encode(" " + e)) for e in rows[0]["endings"]}
     assert len(lengths) == 4  # padding really happens
     want_sum, want_norm = [], []
     for row in rows:
-        tokens, scored, truncated = evaluate_bio.render_example(row, 64)
+        tokens, scored, truncated = evaluate.render_example(row, 64)
         assert not truncated
-        total, mean = evaluate_bio.ending_losses(model, tokens, scored)
-        ctx = tokenizer_bio.encode(row["ctx"])
-        direct = [direct_logprob(model, ctx + tokenizer_bio.encode(" " + e), len(ctx)) for e in row["endings"]]
+        total, mean = evaluate.ending_losses(model, tokens, scored)
+        ctx = tokenizer.encode(row["ctx"])
+        direct = [direct_logprob(model, ctx + tokenizer.encode(" " + e), len(ctx)) for e in row["endings"]]
         assert total.tolist() == pytest.approx([-lp for lp, _ in direct], rel=1e-4)
         assert mean.tolist() == pytest.approx([-lp / n for lp, n in direct], rel=1e-4)
         want_sum.append(min(range(4), key=lambda i: -direct[i][0]))
         want_norm.append(min(range(4), key=lambda i: -direct[i][0] / direct[i][1]))
-    result = evaluate_bio.score_hellaswag(model, rows)
+    result = evaluate.score_hellaswag(model, rows)
     assert result["predictions"] == list(zip(want_sum, want_norm))
     assert result["n"] == 3 and result["truncated"] == 0
     assert result["correct"] == sum(p == r["label"] for p, r in zip(want_sum, rows))
@@ -139,31 +138,31 @@ def test_hellaswag_scores_match_direct_computation(model):
 def test_long_examples_keep_their_last_block_size_tokens():
     torch.manual_seed(1)
     short = GPT(tiny_config(vocab_size=VOCAB, block_size=16)).eval()
-    row = evaluate_bio.check_hellaswag_row(ROWS[0], "row")
-    tokens, scored, truncated = evaluate_bio.render_example(row, 16)
+    row = evaluate.check_hellaswag_row(ROWS[0], "row")
+    tokens, scored, truncated = evaluate.render_example(row, 16)
     assert truncated and tokens.shape[1] == 16
-    total, _ = evaluate_bio.ending_losses(short, tokens, scored)
-    ctx = tokenizer_bio.encode(row["ctx"])
+    total, _ = evaluate.ending_losses(short, tokens, scored)
+    ctx = tokenizer.encode(row["ctx"])
     for i, ending in enumerate(row["endings"]):
-        end = tokenizer_bio.encode(" " + ending)
+        end = tokenizer.encode(" " + ending)
         ids = (ctx + end)[-16:]
         first = max(1, len(ids) - len(end))
         assert float(total[i]) == pytest.approx(-direct_logprob(short, ids, first)[0], rel=1e-4)
-    assert evaluate_bio.score_hellaswag(short, [row])["truncated"] == 1
+    assert evaluate.score_hellaswag(short, [row])["truncated"] == 1
 
 
 def test_hellaswag_rows_from_file_and_through_datasets(tmp_path):
     path = tmp_path / "hellaswag_val.jsonl"
     path.write_text("".join(json.dumps({**r, "ind": i, "activity_label": "x"}) + "\n" for i, r in enumerate(ROWS)))
-    rows = evaluate_bio.load_hellaswag(str(path))
+    rows = evaluate.load_hellaswag(str(path))
     assert [r["label"] for r in rows] == [2, 0, 3]
-    assert len(evaluate_bio.load_hellaswag(str(path), limit=2)) == 2
+    assert len(evaluate.load_hellaswag(str(path), limit=2)) == 2
 
     pytest.importorskip("datasets")  # a requirement; the Hub path, read from a local folder
     hub = tmp_path / "hub"
     hub.mkdir()
     (hub / "validation.jsonl").write_text("".join(json.dumps({**r, "label": str(r["label"])}) + "\n" for r in ROWS))
-    rows = evaluate_bio.load_hellaswag("", limit=0, hub_name=str(hub))
+    rows = evaluate.load_hellaswag("", limit=0, hub_name=str(hub))
     assert [r["label"] for r in rows] == [2, 0, 3]
     assert rows[1]["endings"] == ROWS[1]["endings"]
 
@@ -178,4 +177,4 @@ def test_malformed_rows_are_refused_with_their_line(tmp_path, bad, message):
     path = tmp_path / "h.jsonl"
     path.write_text(json.dumps(ROWS[0]) + "\n" + bad + "\n")
     with pytest.raises(UserError, match=message):
-        evaluate_bio.load_hellaswag(str(path))
+        evaluate.load_hellaswag(str(path))

@@ -1,4 +1,4 @@
-"""Protects hf_bio.py, GPT-2 as the reference model: a random GPT2LMHeadModel (built here from a
+"""Protects wigglegpt/hf.py, GPT-2 as the reference model: a random GPT2LMHeadModel (built here from a
 GPT2Config, saved with save_pretrained, nothing downloaded) converts to our GPT with the same
 logits (tanh and exact GELU, full forward and KV-cache decoding); train_bio.py fine-tunes from
 the folder through the real command line (config/finetune_shakespeare_gpt2.py) and its
@@ -14,11 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-import checkpoint_bio
-import hf_bio
+import wigglegpt.hf
+from wigglegpt import checkpoint
 from conftest import ROOT, require_module
 from model_bio import GPT
-from settings_bio import UserError
+from wigglegpt.common import UserError
 
 VOCAB = 50257  # GPT-2's own vocabulary, so the folder also samples with the real tokenizer
 
@@ -52,7 +52,7 @@ def all_logits(model, idx):
 @pytest.mark.parametrize("activation, approximate", [("gelu_new", "tanh"), ("gelu", "none")])
 def test_converted_logits_equal_transformers(activation, approximate):
     hf = random_gpt2(activation)
-    ours = hf_bio.from_hf(hf)
+    ours = wigglegpt.hf.from_hf(hf)
     cfg = ours.config
     assert (cfg.gelu_approximate, cfg.bias, cfg.use_rope, cfg.use_rmsnorm, cfg.use_bio_mlp) == \
         (approximate, True, False, False, False)
@@ -72,11 +72,11 @@ def test_converted_logits_equal_transformers(activation, approximate):
 
 def test_folder_loads_with_the_same_logits(gpt2_folder):
     transformers = require_module("transformers", "pip install -r requirements-optional.txt")
-    assert hf_bio.is_gpt2_source(gpt2_folder) and hf_bio.is_gpt2_source("gpt2-xl")
-    assert hf_bio.is_gpt2_source("openai-community/gpt2-medium")
-    assert not hf_bio.is_gpt2_source("resume") and not hf_bio.is_gpt2_source(os.path.join(gpt2_folder, "x.pt"))
-    assert not hf_bio.is_gpt2_source(os.path.dirname(gpt2_folder))  # a folder without config.json
-    model, ckpt, source = checkpoint_bio.load_model_from(gpt2_folder, device="cpu", dropout=0.1)
+    assert wigglegpt.hf.is_gpt2_source(gpt2_folder) and wigglegpt.hf.is_gpt2_source("gpt2-xl")
+    assert wigglegpt.hf.is_gpt2_source("openai-community/gpt2-medium")
+    assert not wigglegpt.hf.is_gpt2_source("resume") and not wigglegpt.hf.is_gpt2_source(os.path.join(gpt2_folder, "x.pt"))
+    assert not wigglegpt.hf.is_gpt2_source(os.path.dirname(gpt2_folder))  # a folder without config.json
+    model, ckpt, source = checkpoint.load_model_from(gpt2_folder, device="cpu", dropout=0.1)
     assert ckpt is None and source == gpt2_folder and model.config.dropout == 0.1
     hf = transformers.GPT2LMHeadModel.from_pretrained(gpt2_folder).eval()
     idx = torch.randint(0, VOCAB, (1, 64), generator=torch.Generator().manual_seed(2))
@@ -92,27 +92,27 @@ def test_unsupported_variants_are_clear_errors():
                           (dict(activation_function="relu"), "activation_function"),
                           (dict(scale_attn_by_inverse_layer_idx=True), "attention scaling")]:
         with pytest.raises(UserError, match=words):
-            hf_bio.config_from_hf(transformers.GPT2Config(**small, **change))
+            wigglegpt.hf.config_from_hf(transformers.GPT2Config(**small, **change))
     with pytest.raises(UserError, match="only GPT-2"):
-        hf_bio.config_from_hf(transformers.LlamaConfig())
+        wigglegpt.hf.config_from_hf(transformers.LlamaConfig())
 
 
 def test_resolution_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        checkpoint_bio.load_model_from("resume", str(tmp_path))
+        checkpoint.load_model_from("resume", str(tmp_path))
     with pytest.raises(UserError, match="no such checkpoint.*gpt2-medium"):
-        checkpoint_bio.load_model_from(str(tmp_path / "gone.pt"))
+        checkpoint.load_model_from(str(tmp_path / "gone.pt"))
     with pytest.raises(UserError, match="no weights"):
-        checkpoint_bio.load_model_from("scratch")
+        checkpoint.load_model_from("scratch")
 
 
 def test_checkpoints_without_the_field_keep_exact_gelu(tmp_path):
     torch.manual_seed(0)
-    ckpt = checkpoint_bio.checkpoint_dict(GPT(hf_bio.config_from_hf(random_gpt2(n_layer=1, vocab_size=64).config)))
+    ckpt = checkpoint.checkpoint_dict(GPT(wigglegpt.hf.config_from_hf(random_gpt2(n_layer=1, vocab_size=64).config)))
     assert ckpt["config"]["gelu_approximate"] == "tanh"  # stored with the model
     del ckpt["config"]["gelu_approximate"], ckpt["model_args"]["gelu_approximate"]  # as written before the field
-    checkpoint_bio.save_checkpoint(ckpt, str(tmp_path / "old.pt"))
-    model, _ = checkpoint_bio.load_model(str(tmp_path / "old.pt"))
+    checkpoint.save_checkpoint(ckpt, str(tmp_path / "old.pt"))
+    model, _ = checkpoint.load_model(str(tmp_path / "old.pt"))
     assert model.config.gelu_approximate == "none"
     assert model.transformer.h[0].mlp.activation.approximate == "none"
 
@@ -131,7 +131,7 @@ def test_fine_tune_from_gpt2_folder_round_trip(gpt2_folder, tmp_path):
                "--max_iters=3", "--eval_interval=3", "--eval_iters=1", "--learning_rate=1e-3", "--min_lr=1e-3")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "fine-tuning from" in r.stdout and "GPT-2 weights" in r.stdout
-    model, ckpt = checkpoint_bio.load_model(str(out / "ckpt.pt"))
+    model, ckpt = checkpoint.load_model(str(out / "ckpt.pt"))
     cfg = ckpt["config"]
     assert (cfg["gelu_approximate"], cfg["bias"], cfg["use_rope"], cfg["vocab_size"], cfg["block_size"]) == \
         ("tanh", True, False, VOCAB, 64)
@@ -139,7 +139,7 @@ def test_fine_tune_from_gpt2_folder_round_trip(gpt2_folder, tmp_path):
     # the fine-tuned weights, put back into transformers' GPT-2, give the loaded checkpoint's logits
     hf = transformers.GPT2LMHeadModel.from_pretrained(gpt2_folder).eval()
     start = {k: v.clone() for k, v in hf.state_dict().items()}
-    trained = {k: (v.t() if k.endswith(hf_bio.CONV1D_WEIGHTS) else v) for k, v in ckpt["model"].items()}
+    trained = {k: (v.t() if k.endswith(wigglegpt.hf.CONV1D_WEIGHTS) else v) for k, v in ckpt["model"].items()}
     hf.load_state_dict(trained, strict=False)
     assert not torch.equal(hf.state_dict()["transformer.h.0.mlp.c_fc.weight"], start["transformer.h.0.mlp.c_fc.weight"])
     assert set(hf.state_dict()) <= set(trained) | {k for k in start if k.endswith((".attn.bias", ".attn.masked_bias"))}
@@ -152,7 +152,7 @@ def test_fine_tune_from_gpt2_folder_round_trip(gpt2_folder, tmp_path):
 def test_sample_chat_and_errors_through_the_command_line(gpt2_folder, tmp_path):
     require_module("transformers", "pip install -r requirements-optional.txt")
     no_transformers = ("import sys; sys.modules['transformers'] = None; sys.argv[1:] = ['--init_from=gpt2']; "
-                       "import sample_bio, settings_bio; settings_bio.run_main(sample_bio.main)")
+                       "import sample_bio, wigglegpt.common; wigglegpt.common.run_main(sample_bio.main)")
     runs = [("sample_bio.py", f"--init_from={gpt2_folder}", "--start=Hello", "--num_samples=1",
              "--max_new_tokens=6", "--device=cpu", "--seed=3"),
             ("chat_bio.py", f"--init_from={gpt2_folder}", "--prompt=Hi there", "--max_new_tokens=6", "--device=cpu",
@@ -179,7 +179,7 @@ def test_eval_script_scores_gpt2_like_a_direct_computation(gpt2_folder, tmp_path
     """eval_bio.py --init_from=<save_pretrained folder>: HellaSwag from transformers' own logits."""
     transformers = require_module("transformers", "pip install -r requirements-optional.txt")
     import json
-    import tokenizer_bio
+    from wigglegpt import tokenizer
     rows = [dict(ctx="The cat sat on the", endings=["mat.", "moon, far away from home.", "dog.", "roof"], label=0),
             dict(ctx="She opened the door and", endings=["left.", "smiled.", "ran", "closed it again slowly."], label=3)]
     (tmp_path / "hs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -191,10 +191,10 @@ def test_eval_script_scores_gpt2_like_a_direct_computation(gpt2_folder, tmp_path
     reference = transformers.GPT2LMHeadModel.from_pretrained(gpt2_folder).eval()
     correct = correct_norm = 0
     for row in rows:
-        ctx = tokenizer_bio.encode(row["ctx"])
+        ctx = tokenizer.encode(row["ctx"])
         sums, means = [], []
         for ending in row["endings"]:
-            end = tokenizer_bio.encode(" " + ending)
+            end = tokenizer.encode(" " + ending)
             ids = torch.tensor([ctx + end])
             with torch.no_grad():
                 logp = torch.log_softmax(reference(ids).logits[0, :-1].double(), dim=-1)

@@ -1,4 +1,4 @@
-"""Protects gpu_bio.py and the GPU choices around it, without a GPU: the one peak-FLOP/s table
+"""Protects wigglegpt/gpu.py and the GPU choices around it, without a GPU: the one peak-FLOP/s table
 (dense figures, Ti/SUPER/laptop parts never take another card's number, unknown -> no MFU rather
 than a wrong one, the peak_flops setting wins), MFU's attention term at the trained sequence
 length, real bf16 support decided by compute capability (torch.cuda functions monkeypatched),
@@ -19,12 +19,12 @@ import pytest
 import torch
 
 import bench_bio
-import gpu_bio
-import settings_bio
+from wigglegpt import common, gpu
 import train_bio
 from conftest import ROOT, tiny_config
 from model_bio import GPT, GPTConfig
-from settings_bio import UserError, load_settings, pick_device, pick_dtype
+from wigglegpt.common import UserError, pick_device, pick_dtype
+from wigglegpt.settings import load_settings
 from test_train import metrics, tiny
 
 
@@ -46,7 +46,7 @@ from test_train import metrics, tiny
     ("NVIDIA RTX A1000", None), ("NVIDIA GB200", None), ("", None),
 ])
 def test_peak_table(name, flops):
-    assert gpu_bio.peak_flops_for(name) == flops
+    assert gpu.peak_flops_for(name) == flops
 
 
 def fake_gpus(monkeypatch, names, capabilities):
@@ -61,12 +61,12 @@ def fake_gpus(monkeypatch, names, capabilities):
 
 
 def test_peak_setting_wins_and_unknown_gives_a_hint(monkeypatch):
-    assert gpu_bio.resolve_peak_flops(5e12, "cpu") == (5e12, "peak_flops setting")
-    assert gpu_bio.resolve_peak_flops(0.0, "cpu") == (None, None)
+    assert gpu.resolve_peak_flops(5e12, "cpu") == (5e12, "peak_flops setting")
+    assert gpu.resolve_peak_flops(0.0, "cpu") == (None, None)
     fake_gpus(monkeypatch, ["NVIDIA GeForce RTX 3070", "NVIDIA GeForce RTX 9999"], [(8, 6), (8, 6)])
-    assert gpu_bio.resolve_peak_flops(0.0, "cuda") == (40.6e12, "table entry for NVIDIA GeForce RTX 3070")
-    assert gpu_bio.resolve_peak_flops(0.0, "cuda:1") == (None, None)
-    assert "RTX 9999" in gpu_bio.unknown_peak_hint("cuda:1") and "--peak_flops" in gpu_bio.unknown_peak_hint("cuda:1")
+    assert gpu.resolve_peak_flops(0.0, "cuda") == (40.6e12, "table entry for NVIDIA GeForce RTX 3070")
+    assert gpu.resolve_peak_flops(0.0, "cuda:1") == (None, None)
+    assert "RTX 9999" in gpu.unknown_peak_hint("cuda:1") and "--peak_flops" in gpu.unknown_peak_hint("cuda:1")
 
 
 def test_mfu_attention_term_uses_the_trained_sequence_length():
@@ -123,17 +123,17 @@ def test_find_batch_size_backs_off_then_checkpoints():
 
     quiet = lambda line: None  # noqa: E731
     trial, tried = trial_up_to(6)
-    assert gpu_bio.find_batch_size(trial, 32, log=quiet) == (4, False)
+    assert gpu.find_batch_size(trial, 32, log=quiet) == (4, False)
     assert tried == [(32, False), (16, False), (8, False), (4, False)]  # divisors of 32 only
     trial, tried = trial_up_to(0, checkpointed_limit=3)  # not even one sequence without checkpointing
-    assert gpu_bio.find_batch_size(trial, 12, log=quiet) == (3, True)
+    assert gpu.find_batch_size(trial, 12, log=quiet) == (3, True)
     assert tried == [(b, False) for b in (12, 6, 4, 3, 2, 1)] + [(b, True) for b in (12, 6, 4, 3)]
     trial, tried = trial_up_to(100, checkpointed_limit=2)  # checkpointing asked for: searched with it only
-    assert gpu_bio.find_batch_size(trial, 8, checkpointing=True, log=quiet) == (2, True)
+    assert gpu.find_batch_size(trial, 8, checkpointing=True, log=quiet) == (2, True)
     assert all(c for _, c in tried)
     trial, _ = trial_up_to(0, 0)
     with pytest.raises(UserError, match="not even one sequence fits"):
-        gpu_bio.find_batch_size(trial, 8, log=quiet)
+        gpu.find_batch_size(trial, 8, log=quiet)
 
 
 
@@ -150,20 +150,20 @@ def recording_trial(fits_plain, fits_checkpointed=0, error=lambda: torch.OutOfMe
 def test_find_batch_size_warms_up_with_one_sequence_first():
     lines = []
     trial, tried = recording_trial(6)
-    assert gpu_bio.find_batch_size(trial, 32, log=lines.append, warm_up=True) == (4, False)
+    assert gpu.find_batch_size(trial, 32, log=lines.append, warm_up=True) == (4, False)
     assert tried == [(1, False), (32, False), (16, False), (8, False), (4, False)]
     trial, tried = recording_trial(100, 2)  # the warm-up runs with the checkpointing asked for
-    assert gpu_bio.find_batch_size(trial, 8, checkpointing=True, log=lines.append, warm_up=True) == (2, True)
+    assert gpu.find_batch_size(trial, 8, checkpointing=True, log=lines.append, warm_up=True) == (2, True)
     assert tried == [(1, True), (8, True), (4, True), (2, True)]
     # a warm-up that does not fit changes nothing: the search steps down to checkpointing as before
     lines.clear()
     trial, tried = recording_trial(0, 2)
-    assert gpu_bio.find_batch_size(trial, 4, log=lines.append, warm_up=True) == (2, True)
+    assert gpu.find_batch_size(trial, 4, log=lines.append, warm_up=True) == (2, True)
     assert tried == [(1, False), (4, False), (2, False), (1, False), (4, True), (2, True)]
     assert lines[0].startswith("warm-up: batch_size 1 does not fit: CUDA out of memory")
     trial, _ = recording_trial(0, 0)
     with pytest.raises(UserError, match="not even one sequence fits"):
-        gpu_bio.find_batch_size(trial, 4, log=lines.append, warm_up=True)
+        gpu.find_batch_size(trial, 4, log=lines.append, warm_up=True)
 
 
 @pytest.mark.parametrize("error", [
@@ -174,20 +174,20 @@ def test_find_batch_size_warms_up_with_one_sequence_first():
     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
 ])
 def test_allocation_failures_that_are_not_out_of_memory_errors_do_not_fit(error):
-    assert gpu_bio.is_out_of_memory(error)
+    assert gpu.is_out_of_memory(error)
     lines = []
     trial, _ = recording_trial(2, error=lambda: error)
-    assert gpu_bio.find_batch_size(trial, 8, log=lines.append) == (2, False)
+    assert gpu.find_batch_size(trial, 8, log=lines.append) == (2, False)
     assert lines[0] == f"batch_size 8 does not fit: {str(error).splitlines()[0]}"
 
 
 @pytest.mark.parametrize("error", [RuntimeError("CUDA error: an illegal memory access was encountered"),
                                    ValueError("out of memory"), TypeError("forward() got an unexpected keyword")])
 def test_other_errors_in_a_trial_propagate(error):
-    assert not gpu_bio.is_out_of_memory(error)
+    assert not gpu.is_out_of_memory(error)
     trial, tried = recording_trial(2, error=lambda: error)
     with pytest.raises(type(error)) as raised:
-        gpu_bio.find_batch_size(trial, 8, log=lambda line: None, warm_up=True)
+        gpu.find_batch_size(trial, 8, log=lambda line: None, warm_up=True)
     assert raised.value is error
     assert tried == [(1, False), (8, False)]  # the warm-up fitted; the first failure stopped the search
 
@@ -228,32 +228,32 @@ class FailsAbove(torch.nn.Module):
 
 
 def test_cuda_trial_cleans_up_after_any_allocation_failure(monkeypatch):
-    memory = FakeCudaMemory(monkeypatch, free=8 * gpu_bio.GB, total=8 * gpu_bio.GB, reserved=0)
+    memory = FakeCudaMemory(monkeypatch, free=8 * gpu.GB, total=8 * gpu.GB, reserved=0)
     model = FailsAbove(GPT(tiny_config()), 2, RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED"), memory)
-    trial = gpu_bio.cuda_trial(model, 0, 16, "cpu", settings_bio.autocast_for("cpu", "float32"))
+    trial = gpu.cuda_trial(model, 0, 16, "cpu", common.autocast_for("cpu", "float32"))
     with pytest.raises(RuntimeError, match="CUBLAS_STATUS_ALLOC_FAILED"):
         trial(4, False)
     assert all(p.grad is None for p in model.parameters()) and memory.emptied == 2  # before and after the try
     lines = []
-    assert gpu_bio.find_batch_size(trial, 8, log=lines.append, warm_up=True) == (2, False)
+    assert gpu.find_batch_size(trial, 8, log=lines.append, warm_up=True) == (2, False)
     assert all(p.grad is None for p in model.parameters()) and memory.emptied == 2 + 2 * 4  # warm-up, 8, 4, 2
     assert [line.split(":")[0] for line in lines] == ["batch_size 8 does not fit", "batch_size 4 does not fit"]
     model.error = RuntimeError("CUDA error: an illegal memory access was encountered")  # not memory: raised
     with pytest.raises(RuntimeError, match="illegal memory access"):
-        gpu_bio.find_batch_size(trial, 8, log=lines.append)
+        gpu.find_batch_size(trial, 8, log=lines.append)
     assert all(p.grad is None for p in model.parameters())
 
 
 def test_cuda_trial_leaves_room_for_other_programs_on_the_card(monkeypatch):
     # an 80 GB card with 3 GB free, 1 GB of it held by this process: 4 GB to use, 90% of it 3.6 GB
-    memory = FakeCudaMemory(monkeypatch, free=3 * gpu_bio.GB, total=80 * gpu_bio.GB, reserved=1 * gpu_bio.GB,
-                            peak_of_batch=lambda batch: (1 + batch / 2) * gpu_bio.GB)
+    memory = FakeCudaMemory(monkeypatch, free=3 * gpu.GB, total=80 * gpu.GB, reserved=1 * gpu.GB,
+                            peak_of_batch=lambda batch: (1 + batch / 2) * gpu.GB)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: pytest.fail("total memory used"))
     model = FailsAbove(GPT(tiny_config()), 100, None, memory)
-    trial = gpu_bio.cuda_trial(model, 0, 16, "cpu", settings_bio.autocast_for("cpu", "float32"))
-    memory.free = 80 * gpu_bio.GB  # what is free later does not move the budget, measured at the start
+    trial = gpu.cuda_trial(model, 0, 16, "cpu", common.autocast_for("cpu", "float32"))
+    memory.free = 80 * gpu.GB  # what is free later does not move the budget, measured at the start
     lines = []
-    assert gpu_bio.find_batch_size(trial, 16, log=lines.append) == (4, False)  # 3.0 GB; 8 would peak at 5.0
+    assert gpu.find_batch_size(trial, 16, log=lines.append) == (4, False)  # 3.0 GB; 8 would peak at 5.0
     assert lines == ["batch_size 16 does not fit: peak 9.00 GB is over 90% of the 4.00 GB free to this run",
                      "batch_size 8 does not fit: peak 5.00 GB is over 90% of the 4.00 GB free to this run"]
 
@@ -264,16 +264,16 @@ def test_auto_batch_warms_up_on_cuda_only(monkeypatch):
     def fake_cuda_trial(model, optimizer_bytes, seq_len, device, autocast):
         return lambda batch, checkpointing: tried.append((batch, checkpointing))
 
-    monkeypatch.setattr(gpu_bio, "cuda_trial", fake_cuda_trial)
+    monkeypatch.setattr(gpu, "cuda_trial", fake_cuda_trial)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": torch.get_rng_state())
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": None)
     model = GPT(tiny_config())
-    autocast = settings_bio.autocast_for("cpu", "float32")
-    assert gpu_bio.auto_batch(model, 32, 8, "bfloat16", "cuda", autocast, False, log=lambda line: None) == (8, False)
+    autocast = common.autocast_for("cpu", "float32")
+    assert gpu.auto_batch(model, 32, 8, "bfloat16", "cuda", autocast, False, log=lambda line: None) == (8, False)
     assert tried == [(1, False), (8, False)]
-    monkeypatch.setattr(gpu_bio, "free_memory", lambda device: None)  # the CPU: the estimate only, no warm-up
-    assert gpu_bio.auto_batch(model, 32, 8, "float32", "cpu", autocast, True, log=lambda line: None) == (8, True)
+    monkeypatch.setattr(gpu, "free_memory", lambda device: None)  # the CPU: the estimate only, no warm-up
+    assert gpu.auto_batch(model, 32, 8, "float32", "cpu", autocast, True, log=lambda line: None) == (8, True)
     assert tried == [(1, False), (8, False)]
 
 def saved_bytes(model, idx, autocast):
@@ -295,8 +295,8 @@ def saved_bytes(model, idx, autocast):
 def test_memory_estimate_follows_what_autograd_keeps(dtype, checkpointing):
     cfg = tiny_config(n_layer=4, n_embd=64, block_size=64, vocab_size=64, gradient_checkpointing=checkpointing)
     model = GPT(cfg).train()
-    estimate = gpu_bio.memory_estimate(cfg, sum(p.numel() for p in model.parameters()), 64, dtype)
-    measured = saved_bytes(model, torch.randint(0, 64, (2, 64)), settings_bio.autocast_for("cpu", dtype)) / 2
+    estimate = gpu.memory_estimate(cfg, sum(p.numel() for p in model.parameters()), 64, dtype)
+    measured = saved_bytes(model, torch.randint(0, 64, (2, 64)), common.autocast_for("cpu", dtype)) / 2
     predicted = estimate["per_sequence_checkpointed" if checkpointing else "per_sequence"]
     # the estimate also holds the logits' gradients and, checkpointed, the one block rebuilt in backward
     assert 0.95 * measured <= predicted <= (1.6 if not checkpointing else 6) * measured
@@ -308,30 +308,30 @@ def test_memory_estimate_follows_what_autograd_keeps(dtype, checkpointing):
 def test_memory_estimate_counts_every_fixed_part(dtype):
     cfg = GPTConfig()  # GPT-2 124M
     n, V, C, T = 124_000_000, cfg.vocab_size, cfg.n_embd, 1024
-    estimate = gpu_bio.memory_estimate(cfg, n, T, dtype)
+    estimate = gpu.memory_estimate(cfg, n, T, dtype)
     # autocast keeps a 2-byte copy of every matmul weight from forward through backward
     assert estimate["autocast_weights"] == (0 if dtype == "float32" else 2 * n)
     assert estimate["lm_head_gradient"] == V * C * 4 and estimate["logits_chunk"] == 256 * V * 12
     assert estimate["cuda_context"] == 0  # measured by the caller on CUDA; the estimate stays pure
-    with_context = gpu_bio.memory_estimate(cfg, n, T, dtype, cuda_context=gpu_bio.GB // 2)
-    assert with_context["cuda_context"] == gpu_bio.GB // 2
+    with_context = gpu.memory_estimate(cfg, n, T, dtype, cuda_context=gpu.GB // 2)
+    assert with_context["cuda_context"] == gpu.GB // 2
     for batch, checkpointing in ((1, False), (8, False), (8, True)):
         per = estimate["per_sequence_checkpointed" if checkpointing else "per_sequence"]
         fixed = sum(estimate[key] for key in estimate if not key.startswith("per_sequence"))
-        assert gpu_bio.needed_bytes(estimate, batch, checkpointing) == fixed + batch * per
-        assert (gpu_bio.needed_bytes(with_context, batch, checkpointing)
-                - gpu_bio.needed_bytes(estimate, batch, checkpointing)) == gpu_bio.GB // 2
+        assert gpu.needed_bytes(estimate, batch, checkpointing) == fixed + batch * per
+        assert (gpu.needed_bytes(with_context, batch, checkpointing)
+                - gpu.needed_bytes(estimate, batch, checkpointing)) == gpu.GB // 2
 
 
 def test_memory_estimate_follows_the_chunked_loss_not_the_full_logits():
     cfg, T, n = GPTConfig(), 1024, 124_000_000
     C, V = cfg.n_embd, cfg.vocab_size
-    estimate = gpu_bio.memory_estimate(cfg, n, T, "bfloat16")
+    estimate = gpu.memory_estimate(cfg, n, T, "bfloat16")
     # GPT-2 124M, bf16: 12 blocks' activations, then embeddings/final norm (7 fp32), dL/dx (bf16 + fp32) and
     # the logits chunk's 12 bytes per token and n_embd: about 0.53 GB a sequence (1.10 GB with the full logits)
     assert estimate["per_sequence"] == 12 * T * C * (7 * 4 + 14 * 2) + T * C * (7 * 4 + 2 + 4 + 12)
     # the B x T x V logits are never held: a larger vocabulary costs only the fixed parts more
-    bigger = gpu_bio.memory_estimate(dataclasses.replace(cfg, vocab_size=2 * V), n, T, "bfloat16")
+    bigger = gpu.memory_estimate(dataclasses.replace(cfg, vocab_size=2 * V), n, T, "bfloat16")
     assert bigger["per_sequence"] == estimate["per_sequence"]
     assert bigger["logits_chunk"] == 2 * estimate["logits_chunk"]
     assert bigger["lm_head_gradient"] == 2 * estimate["lm_head_gradient"]
@@ -342,45 +342,45 @@ def test_memory_estimate_follows_the_chunked_loss_not_the_full_logits():
 
 
 def test_memory_report_advises_when_it_will_not_fit():
-    estimate = gpu_bio.memory_estimate(tiny_config(), 10_000, 32, "bfloat16")
-    fits = gpu_bio.memory_report(estimate, 4, False, free=10 * gpu_bio.GB)
+    estimate = gpu.memory_estimate(tiny_config(), 10_000, 32, "bfloat16")
+    fits = gpu.memory_report(estimate, 4, False, free=10 * gpu.GB)
     assert len(fits) == 1 and re.search(r"about \d+\.\d\d GB of 10\.00 GB free", fits[0])
-    too_big = gpu_bio.memory_report(estimate, 4, False, free=gpu_bio.needed_bytes(estimate, 4, False) - 1)
+    too_big = gpu.memory_report(estimate, 4, False, free=gpu.needed_bytes(estimate, 4, False) - 1)
     assert too_big[1].startswith("warning: this will likely not fit") and "batch_size='auto'" in too_big[1]
     assert "--gradient_checkpointing=True" in too_big[1]
 
 
 def test_memory_report_names_the_new_parts():
-    bf16 = gpu_bio.memory_estimate(tiny_config(), 10_000, 32, "bfloat16", cuda_context=gpu_bio.GB // 2)
-    line = gpu_bio.memory_report(bf16, 4, False, free=10 * gpu_bio.GB)[0]
+    bf16 = gpu.memory_estimate(tiny_config(), 10_000, 32, "bfloat16", cuda_context=gpu.GB // 2)
+    line = gpu.memory_report(bf16, 4, False, free=10 * gpu.GB)[0]
     for part in ("weights 0.00 GB", "AdamW", "autocast weight copies", "lm_head gradient", "logits chunk",
                  "CUDA context and other programs 0.50 GB"):
         assert part in line
-    line = gpu_bio.memory_report(gpu_bio.memory_estimate(tiny_config(), 10_000, 32, "float32"), 4, False, free=None)[0]
+    line = gpu.memory_report(gpu.memory_estimate(tiny_config(), 10_000, 32, "float32"), 4, False, free=None)[0]
     assert "autocast" not in line and "CUDA context" not in line and "logits chunk" in line  # parts of 0 are left out
 
 
 def test_startup_report_counts_what_the_card_holds_outside_pytorch(monkeypatch):
     model = GPT(tiny_config())
     # an 8 GB card: 5 GB free, 1 GB held by this process's allocator, so 2 GB by the context and other programs
-    FakeCudaMemory(monkeypatch, free=5 * gpu_bio.GB, total=8 * gpu_bio.GB, reserved=1 * gpu_bio.GB)
-    lines = gpu_bio.startup_memory_report(model, 32, 4, "bfloat16", "cuda")
+    FakeCudaMemory(monkeypatch, free=5 * gpu.GB, total=8 * gpu.GB, reserved=1 * gpu.GB)
+    lines = gpu.startup_memory_report(model, 32, 4, "bfloat16", "cuda")
     assert len(lines) == 1 and "CUDA context and other programs 2.00 GB" in lines[0]
     assert re.search(r"about 2\.\d\d GB of 8\.00 GB on the card$", lines[0])
-    FakeCudaMemory(monkeypatch, free=0, total=2 * gpu_bio.GB, reserved=0)  # a card another program filled
-    lines = gpu_bio.startup_memory_report(model, 32, 4, "bfloat16", "cuda")
+    FakeCudaMemory(monkeypatch, free=0, total=2 * gpu.GB, reserved=0)  # a card another program filled
+    lines = gpu.startup_memory_report(model, 32, 4, "bfloat16", "cuda")
     assert "CUDA context and other programs 2.00 GB" in lines[0]
     assert lines[1].startswith("warning: this will likely not fit")
 
 
 def test_auto_batch_leaves_the_random_streams_alone(monkeypatch):
     model = GPT(tiny_config(dropout=0.1))
-    estimate = gpu_bio.memory_estimate(model.config, sum(p.numel() for p in model.parameters()), 32, "float32")
+    estimate = gpu.memory_estimate(model.config, sum(p.numel() for p in model.parameters()), 32, "float32")
     # room for 5 sequences: 4 is the largest divisor of 8
-    free = (gpu_bio.fixed_bytes(estimate) + 5 * estimate["per_sequence"]) / 0.8
-    monkeypatch.setattr(gpu_bio, "free_memory", lambda device: (free, free))
+    free = (gpu.fixed_bytes(estimate) + 5 * estimate["per_sequence"]) / 0.8
+    monkeypatch.setattr(gpu, "free_memory", lambda device: (free, free))
     before = torch.get_rng_state()
-    assert gpu_bio.auto_batch(model, 32, 8, "float32", "cpu", settings_bio.autocast_for("cpu", "float32"),
+    assert gpu.auto_batch(model, 32, 8, "float32", "cpu", common.autocast_for("cpu", "float32"),
                               False, log=lambda line: None) == (4, False)
     assert torch.equal(torch.get_rng_state(), before)
 
@@ -388,9 +388,9 @@ def test_auto_batch_leaves_the_random_streams_alone(monkeypatch):
 def test_batch_size_auto_keeps_the_tokens_per_iteration(tmp_path, monkeypatch, capsys):
     s = tiny(tmp_path, batch_size="auto", tokens_per_iter=128, max_iters=2, eval_interval=2)  # 8 sequences of 16
     model = GPT(train_bio.model_config_from(train_bio.as_settings(s)))
-    estimate = gpu_bio.memory_estimate(model.config, sum(p.numel() for p in model.parameters()), 16, "float32")
-    free = (gpu_bio.fixed_bytes(estimate) + 3 * estimate["per_sequence"]) / 0.8
-    monkeypatch.setattr(gpu_bio, "free_memory", lambda device: (free, free))
+    estimate = gpu.memory_estimate(model.config, sum(p.numel() for p in model.parameters()), 16, "float32")
+    free = (gpu.fixed_bytes(estimate) + 3 * estimate["per_sequence"]) / 0.8
+    monkeypatch.setattr(gpu, "free_memory", lambda device: (free, free))
     summary = train_bio.train(s)
     out = capsys.readouterr().out
     assert "batch_size='auto': batch_size 2 x gradient_accumulation_steps 4 x block_size 16 = 128 tokens" in out
@@ -402,7 +402,7 @@ def test_batch_size_auto_keeps_the_tokens_per_iteration(tmp_path, monkeypatch, c
     assert "note: MFU unknown" in out and "mfu unknown" in out
     assert [r["mfu"] for r in records if r["kind"] == "train"] == [None, None]
     # a resume keeps the run's choice even where more memory is free now: same micro-batches
-    monkeypatch.setattr(gpu_bio, "free_memory", lambda device: (100 * free, 100 * free))
+    monkeypatch.setattr(gpu, "free_memory", lambda device: (100 * free, 100 * free))
     summary = train_bio.train({**s, "init_from": "resume", "max_iters": 4})
     out = capsys.readouterr().out
     assert "resuming with the run's batch_size 2 x gradient_accumulation_steps 4" in out
@@ -442,7 +442,7 @@ def _agree(rank, world, init_file, found, results):
     import torch.distributed as dist
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        results[rank] = [gpu_bio.agree_across_processes(*pair, 8, "cpu") for pair in found[rank]]
+        results[rank] = [gpu.agree_across_processes(*pair, 8, "cpu") for pair in found[rank]]
     finally:
         dist.destroy_process_group()
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tokenizer_bio
-from checkpoint_bio import checkpoint_dict, load_model, save_checkpoint
+from wigglegpt import tokenizer
+from wigglegpt.checkpoint import checkpoint_dict, load_model, save_checkpoint
 from conftest import ROOT, require_module, tiny_config
 from model_bio import GPT
 
@@ -95,8 +95,8 @@ def test_harness_results_match_direct_computation(setup):
     choice = sorted(samples["wiggle_choice"], key=lambda s: s["doc_id"])
     for row, sample in zip(CHOICES, choice):
         for (context, continuation), resp in zip(sample["arguments"], sample["resps"]):
-            ctx_ids = tokenizer_bio.encode(context.rstrip())
-            cont_ids = tokenizer_bio.encode(context[len(context.rstrip()):] + continuation)
+            ctx_ids = tokenizer.encode(context.rstrip())
+            cont_ids = tokenizer.encode(context[len(context.rstrip()):] + continuation)
             ids = (ctx_ids + cont_ids)[-17:]
             logp = logprobs(model, ids[:-1])
             first = len(ids) - 1 - len(cont_ids)
@@ -104,31 +104,31 @@ def test_harness_results_match_direct_computation(setup):
             greedy = all(int(logp[first + j].argmax()) == t for j, t in enumerate(cont_ids))
             assert resp[0][0] == pytest.approx(want, rel=1e-4, abs=1e-4)
             assert resp[0][1] == greedy
-    assert len({len(tokenizer_bio.encode(" " + e)) for e in CHOICES[0]["endings"]}) > 1  # padding happened
+    assert len({len(tokenizer.encode(" " + e)) for e in CHOICES[0]["endings"]}) > 1  # padding happened
 
     rolling = sorted(samples["wiggle_rolling"], key=lambda s: s["doc_id"])
     for row, sample in zip(TEXTS, rolling):
-        ids = tokenizer_bio.encode(row["text"])
+        ids = tokenizer.encode(row["text"])
         want = 0.0
-        windows = list(map(make_disjoint_window, get_rolling_token_windows(ids, tokenizer_bio.EOT, 16, 1)))
+        windows = list(map(make_disjoint_window, get_rolling_token_windows(ids, tokenizer.EOT, 16, 1)))
         for context, predicted in windows:
             seq = context + predicted
             logp = logprobs(model, seq[:-1])
             want += sum(float(logp[len(context) - 1 + j, t]) for j, t in enumerate(predicted))
         assert sample["resps"][0][0] == pytest.approx(want, rel=1e-4)
-    assert len(tokenizer_bio.encode(TEXTS[0]["text"])) > 2 * 16
+    assert len(tokenizer.encode(TEXTS[0]["text"])) > 2 * 16
 
     generated = sorted(samples["wiggle_generate"], key=lambda s: s["doc_id"])
     for row, sample in zip(PROMPTS, generated):
-        ids = tokenizer_bio.encode(row["ctx"])
+        ids = tokenizer.encode(row["ctx"])
         new = []
         for _ in range(12):  # greedy, recomputing the last block_size tokens each step
             logp = logprobs(model, (ids + new)[-16:])
-            token = int(logp[-1, :tokenizer_bio.VOCAB_SIZE].argmax())
-            if token == tokenizer_bio.EOT:
+            token = int(logp[-1, :tokenizer.VOCAB_SIZE].argmax())
+            if token == tokenizer.EOT:
                 break
             new.append(token)
-        want = tokenizer_bio.decode(new).split(",")[0]
+        want = tokenizer.decode(new).split(",")[0]
         assert sample["resps"][0][0] == want
 
 
@@ -145,7 +145,7 @@ def test_command_line(setup):
 
 def test_bad_model_args_are_user_errors(setup):
     import lm_eval_bio
-    from settings_bio import UserError
+    from wigglegpt.common import UserError
     with pytest.raises(UserError, match="checkpoint not found"):
         lm_eval_bio.make_lm(ckpt=str(setup["tmp"] / "missing.pt"), device="cpu")
     with pytest.raises(UserError, match="exactly one model"):

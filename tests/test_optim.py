@@ -3,7 +3,7 @@ Protects compatibility with the original WiggleGPT's training settings: its conf
 key names and values, restated here as plain assignments) run through `python train_bio.py
 <config>`; beta1/beta2, decay_lr, stable_iters (its warmup-stable-cosine schedule),
 compile_mode, backend and profile_memory mean what they meant there; optimizer_type's four
-choices (optim_bio) each train a tiny model on the CPU where their library allows, Lion's
+choices (wigglegpt.optim) each train a tiny model on the CPU where their library allows, Lion's
 update is the paper's, and adamw8bit without CUDA or bitsandbytes is one clear line. Settings
 of the original's other scripts are one line naming what to use instead.
 """
@@ -17,11 +17,12 @@ import types
 import pytest
 import torch
 
-import optim_bio
+from wigglegpt import optim
 import train_bio
 from conftest import tiny_config
 from model_bio import GPT
-from settings_bio import UserError, load_settings
+from wigglegpt.common import UserError
+from wigglegpt.settings import load_settings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -153,8 +154,8 @@ def assert_one_line_error(result, *phrases):
 def demo_data(tmp_path_factory):
     """data/shakespeare built once for this module (train_bio builds it on first use)."""
     root = tmp_path_factory.mktemp("root")
-    import dataprep_bio
-    dataprep_bio.ensure_demo_data(str(root / "data" / "shakespeare"))
+    from wigglegpt import dataprep
+    dataprep.ensure_demo_data(str(root / "data" / "shakespeare"))
     return root
 
 
@@ -212,7 +213,7 @@ def test_settings_of_the_original_scripts_say_what_to_use(demo_data):
 def overfit(optimizer_type, lr, steps=15):
     torch.manual_seed(0)
     model = GPT(tiny_config(dropout=0.0))
-    optimizer = optim_bio.make_optimizer(model, optimizer_type, 0.1, lr, (0.9, 0.95), "cpu")
+    optimizer = optim.make_optimizer(model, optimizer_type, 0.1, lr, (0.9, 0.95), "cpu")
     x = torch.randint(0, 96, (4, 32), generator=torch.Generator().manual_seed(1))
     losses = []
     for _ in range(steps):
@@ -225,7 +226,7 @@ def overfit(optimizer_type, lr, steps=15):
 
 
 @pytest.mark.parametrize("optimizer_type, lr, kind", [("adamw", 3e-3, torch.optim.AdamW),
-                                                      ("lion", 3e-3, optim_bio.Lion),
+                                                      ("lion", 3e-3, optim.Lion),
                                                       ("adafactor", 5e-2, torch.optim.Adafactor)],
                          ids=["adamw", "lion", "adafactor"])
 def test_each_optimizer_trains_a_tiny_model(optimizer_type, lr, kind):
@@ -239,7 +240,7 @@ def test_lion_step_is_the_papers_update():
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5, 3.0]))
     m0 = torch.tensor([0.5, 0.5, -1.0, 0.0])
     g = torch.tensor([-1.0, 2.0, 4.0, 0.0])
-    opt = optim_bio.Lion([p], lr=0.1, betas=(0.9, 0.99), weight_decay=0.5)
+    opt = optim.Lion([p], lr=0.1, betas=(0.9, 0.99), weight_decay=0.5)
     opt.state[p]["exp_avg"] = m0.clone()
     p.grad = g.clone()
     before = p.detach().clone()
@@ -253,7 +254,7 @@ def test_adamw8bit_needs_cuda_and_bitsandbytes(monkeypatch, demo_data):
     model = GPT(tiny_config())
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if not installed
     with pytest.raises(UserError, match="requirements-optional.txt"):
-        optim_bio.make_optimizer(model, "adamw8bit", 0.1, 1e-3, (0.9, 0.95), "cuda")
+        optim.make_optimizer(model, "adamw8bit", 0.1, 1e-3, (0.9, 0.95), "cuda")
     monkeypatch.undo()
     result = run_train([*TINY, "--optimizer_type=adamw8bit", "--out_dir=out8"], cwd=demo_data)
     assert_one_line_error(result, "adamw8bit", "CUDA", "optimizer_type='adamw'")

@@ -13,10 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-import checkpoint_bio
+from wigglegpt import checkpoint
 import train_bio
 from conftest import ROOT
-from settings_bio import load_settings
+from wigglegpt.settings import load_settings
 from test_train import load, metrics, tiny
 
 
@@ -100,6 +100,6 @@ def test_interrupted_fp16_run_resumes_exactly_with_its_loss_scale(tmp_path):
     # the scale a run had backed off to is the one it continues with
     path = os.path.join(s["out_dir"], "ckpt.pt")
     b["scaler"]["scale"] = 1024.0
-    checkpoint_bio.save_checkpoint(b, path)
+    checkpoint.save_checkpoint(b, path)
     run = fp16_run(tmp_path, init_from="resume")
     assert run.scaler.get_scale() == 1024.0 and run.state.iter_num == 6

@@ -1,5 +1,5 @@
 """
-Protects the data preparation (dataprep_bio and the two prepare scripts, run the way a user
+Protects the data preparation (wigglegpt.dataprep and the two prepare scripts, run the way a user
 runs them): token files that decode back to exactly the source documents with EOT between
 them, a deterministic train/val split with no overlap, meta.json counts, resume after an
 interruption ending byte-identical to an uninterrupted run, refusing to clobber output,
@@ -21,10 +21,10 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import dataprep_bio  # noqa: E402
+from wigglegpt import dataprep  # noqa: E402
 import prepare_openwebtext_streaming  # noqa: E402
-from settings_bio import UserError  # noqa: E402
-from tokenizer_bio import ASSISTANT_END, EOT, decode, render_conversation  # noqa: E402
+from wigglegpt.common import UserError  # noqa: E402
+from wigglegpt.tokenizer import ASSISTANT_END, EOT, decode, render_conversation  # noqa: E402
 
 PHRASES = ["the quick brown fox", "naïve café 😀", "日本語"]
 DOCS = [f"Document {i}: " + " ".join(PHRASES[i % 3] for _ in range(i % 9 + 1)) for i in range(80)]
@@ -130,7 +130,7 @@ def test_resume_after_interruption_is_byte_identical(tmp_path, monkeypatch):
     assert reference.returncode == 0, reference.stderr
 
     # first run: small chunks, then a Ctrl-C after 50 source rows
-    real_stream_rows = dataprep_bio.stream_rows
+    real_stream_rows = dataprep.stream_rows
 
     def interrupted_stream(**kwargs):
         for i, row in enumerate(real_stream_rows(**kwargs)):
@@ -138,11 +138,11 @@ def test_resume_after_interruption_is_byte_identical(tmp_path, monkeypatch):
                 raise KeyboardInterrupt
             yield row
 
-    monkeypatch.setattr(dataprep_bio, "stream_rows", interrupted_stream)
+    monkeypatch.setattr(dataprep, "stream_rows", interrupted_stream)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         prepare_openwebtext_streaming.main(common + [f"--out_dir={out}", "--batch_size=4", "--flush_mb=0.0005"])
-    progress = json.loads((out / dataprep_bio.PROGRESS_NAME).read_text())
+    progress = json.loads((out / dataprep.PROGRESS_NAME).read_text())
     assert 0 < progress["stats"]["rows_read"] < 50
     assert not (out / "train.bin").exists()
     # a crash can leave bytes written after the last progress record: resume must cut them off
@@ -174,7 +174,7 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path):
     command = [sys.executable, os.path.join(REPO, "prepare_openwebtext_streaming.py"), *common, "--out_dir=out",
                "--batch_size=4", "--flush_mb=0.0001", "--num_threads=2"]
     victim = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    progress_path = tmp_path / "out" / dataprep_bio.PROGRESS_NAME
+    progress_path = tmp_path / "out" / dataprep.PROGRESS_NAME
 
     def rows_done():  # the progress file is replaced atomically, so any read sees a whole one
         return json.loads(progress_path.read_text())["stats"]["rows_read"] if progress_path.exists() else 0
@@ -283,7 +283,7 @@ def test_smoltalk_masks_align_and_bad_rows_are_counted(tmp_path):
 
 def test_ensure_demo_data_builds_shakespeare_once(tmp_path, capsys):
     data_dir = tmp_path / "shakespeare"
-    dataprep_bio.ensure_demo_data(str(data_dir))
+    dataprep.ensure_demo_data(str(data_dir))
     train = np.fromfile(data_dir / "train.bin", dtype=np.uint16)
     val = np.fromfile(data_dir / "val.bin", dtype=np.uint16)
     total = len(train) + len(val)
@@ -293,9 +293,9 @@ def test_ensure_demo_data_builds_shakespeare_once(tmp_path, capsys):
     assert train[-1] == val[-1] == EOT
     built = os.path.getmtime(data_dir / "train.bin")
     capsys.readouterr()
-    dataprep_bio.ensure_demo_data(str(data_dir))  # already there: silent, untouched
+    dataprep.ensure_demo_data(str(data_dir))  # already there: silent, untouched
     assert capsys.readouterr().out == "" and os.path.getmtime(data_dir / "train.bin") == built
-    dataprep_bio.prepare_shakespeare(str(tmp_path / "again"))
+    dataprep.prepare_shakespeare(str(tmp_path / "again"))
     assert read_bins(data_dir) == read_bins(tmp_path / "again")  # deterministic
 
 
@@ -314,7 +314,7 @@ def test_a_small_corpus_always_gets_a_usable_val_split(tmp_path):
     assert meta["val_tokens"] * 2 == os.path.getsize(out / "val.bin")
     assert meta["train_tokens"] * 2 == os.path.getsize(out / "train.bin")
     assert [decode(d) for d in train + val] == docs  # the last documents of train moved, nothing lost
-    assert not os.path.exists(out / dataprep_bio.PROGRESS_NAME)
+    assert not os.path.exists(out / dataprep.PROGRESS_NAME)
     import train_bio  # and training runs on it (it stops when val is too small for a batch)
     summary = train_bio.train(dict(data_root=str(tmp_path), dataset="small", out_dir=str(tmp_path / "run"),
                                    n_layer=1, n_head=2, n_embd=16, block_size=32, batch_size=4,

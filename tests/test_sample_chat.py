@@ -16,10 +16,10 @@ import torch
 
 import chat_bio
 import sample_bio
-from checkpoint_bio import checkpoint_dict, save_checkpoint
+from wigglegpt.checkpoint import checkpoint_dict, save_checkpoint
 from conftest import ROOT, ScriptedModel, tiny_config
 from model_bio import GPT
-from tokenizer_bio import ASSISTANT_END, EOT, decode, encode, get_tokenizer, render_prompt
+from wigglegpt.tokenizer import ASSISTANT_END, EOT, decode, encode, get_tokenizer, render_prompt
 
 BLOCK = 64
 

@@ -1,4 +1,4 @@
-"""Protects settings_bio.py: defaults < config file < --key=value, literal parsing, and the
+"""Protects wigglegpt/settings.py: defaults < config file < --key=value, literal parsing, and the
 one-line errors for unknown keys (with the closest names), wrong types and missing files."""
 
 import subprocess
@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from settings_bio import UserError, load_settings, pick_device, pick_dtype
+from wigglegpt.common import UserError, pick_device, pick_dtype
+from wigglegpt.settings import load_settings
 
 SETTINGS = {
     "learning_rate": (6e-4, "peak learning rate"),
@@ -75,7 +76,7 @@ def test_device_and_dtype_choice():
 
 def test_run_main_prints_one_line_and_exits_2(tmp_path):
     script = tmp_path / "s.py"
-    script.write_text("from settings_bio import run_main, UserError\n"
+    script.write_text("from wigglegpt.common import run_main, UserError\n"
                       "def main():\n    raise UserError('something is wrong')\nrun_main(main)\n")
     import os
     env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}

@@ -16,7 +16,7 @@ import model_bio
 import train_bio
 from conftest import require_module, tiny_config
 from model_bio import GPT, GPTConfig
-from settings_bio import UserError
+from wigglegpt.common import UserError
 from test_train import ROOT, TRAIN, argv, cli_env, tiny
 
 
@@ -181,12 +181,12 @@ def test_training_with_the_kernel_through_the_real_command(tmp_path, interpreter
 
 
 def test_a_checkpoint_trained_with_the_kernel_loads_anywhere_as_auto(tmp_path):
-    import checkpoint_bio
+    from wigglegpt import checkpoint
     model = GPT(tiny_config(activation_kernel="triton"))
     path = tmp_path / "ckpt.pt"
-    checkpoint_bio.save_checkpoint(checkpoint_bio.checkpoint_dict(model), str(path))
-    loaded, _ = checkpoint_bio.load_model(str(path))
+    checkpoint.save_checkpoint(checkpoint.checkpoint_dict(model), str(path))
+    loaded, _ = checkpoint.load_model(str(path))
     assert loaded.config.activation_kernel == "auto"
     loaded(torch.randint(96, (1, 4)))  # runs on this CPU, no Triton asked
-    again, _ = checkpoint_bio.load_model(str(path), activation_kernel="torch")
+    again, _ = checkpoint.load_model(str(path), activation_kernel="torch")
     assert again.config.activation_kernel == "torch"

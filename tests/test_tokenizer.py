@@ -1,5 +1,5 @@
 """
-Protects tokenizer_bio: the GPT-2 ids every checkpoint depends on, the exact chat template
+Protects wigglegpt.tokenizer: the GPT-2 ids every checkpoint depends on, the exact chat template
 text of the published fine-tuned model, a loss mask that covers exactly the assistant replies
 and their closing tags, the reasons bad conversations are rejected with, and streaming
 detokenization that never prints half a character.
@@ -14,7 +14,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import tokenizer_bio as tk  # noqa: E402
+from wigglegpt import tokenizer as tk  # noqa: E402
 
 CONVERSATION = [
     {"role": "system", "content": "You are terse."},

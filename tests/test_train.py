@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-import checkpoint_bio
+from wigglegpt import checkpoint
 import train_bio
 from model_bio import GPT, GPTConfig
-from settings_bio import run_main
+from wigglegpt.common import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(ROOT, "train_bio.py")
@@ -151,7 +151,7 @@ def test_cli_trains_logs_and_saves(tmp_path):
     assert ckpt["train_config"]["betas"] == (0.9, 0.95) and ckpt["wandb_run_id"] is None
     best = load(os.path.join(s["out_dir"], "ckpt_best.pt"))
     assert best["best_val_loss"] == end["best_val_loss"]
-    model, _ = checkpoint_bio.load_model(os.path.join(s["out_dir"], "ckpt.pt"))
+    model, _ = checkpoint.load_model(os.path.join(s["out_dir"], "ckpt.pt"))
     assert model.config == GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32)
 
 
@@ -163,7 +163,7 @@ def bad_input_cases(tmp_path):
     type_file.write_text("batch_size = '8'\n")
     resume_dir = tmp_path / "small_ckpt"
     model = GPT(GPTConfig(block_size=16, vocab_size=64, n_layer=2, n_head=2, n_embd=32))
-    checkpoint_bio.save_checkpoint(checkpoint_bio.checkpoint_dict(model, optimizer={}, iter_num=0),
+    checkpoint.save_checkpoint(checkpoint.checkpoint_dict(model, optimizer={}, iter_num=0),
                                    str(resume_dir / "ckpt.pt"))
     cases = [
         ("unknown key in file", [str(typo_file)], {}, ["unknown setting 'n_layers'", "did you mean 'n_layer'"]),
@@ -261,7 +261,7 @@ def test_kill_9_while_saving_keeps_the_last_checkpoint(tmp_path):
         "    return real_save(obj, f, *args, **kwargs)\n"
         "torch.save = slow_save\n"
         "import train_bio\n"
-        "from settings_bio import run_main\n"
+        "from wigglegpt.common import run_main\n"
         "run_main(lambda: train_bio.main(sys.argv[1:]))\n")
     proc = subprocess.Popen([sys.executable, str(child), *argv(s)], cwd=ROOT, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=cli_env())

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-import tokenizer_bio
+from wigglegpt import tokenizer
 from conftest import ROOT
 
 ROWS = [dict(ctx="The cat sat on the", endings=["mat.", "moon, far from every other cat.", "dog.", "roof"], label=0),
@@ -23,7 +23,7 @@ ROWS = [dict(ctx="The cat sat on the", endings=["mat.", "moon, far from every ot
 def write_files(tmp_path):
     data = tmp_path / "data" / "text"
     data.mkdir(parents=True)
-    ids = np.array(tokenizer_bio.encode("Some words to learn, over and over again. " * 200), dtype=np.uint16)
+    ids = np.array(tokenizer.encode("Some words to learn, over and over again. " * 200), dtype=np.uint16)
     ids.tofile(data / "train.bin")
     ids[:600].tofile(data / "val.bin")
     (tmp_path / "hs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
@@ -71,12 +71,12 @@ def test_training_logs_bpb_and_hellaswag(tmp_path):
     assert [x["iter"] for x in hs] == [0, 2, 4, 5, 6]  # not twice at 5
 
     # a checkpoint saved before HellaSwag ran at its iteration (Ctrl-C) scores it on resume
-    import checkpoint_bio
+    from wigglegpt import checkpoint
     path = str(tmp_path / "out" / "ckpt.pt")
-    ckpt = checkpoint_bio.load_checkpoint(path)
+    ckpt = checkpoint.load_checkpoint(path)
     assert ckpt["last_hellaswag_iter"] == 6
     ckpt["last_hellaswag_iter"] = 4
-    checkpoint_bio.save_checkpoint(ckpt, path)
+    checkpoint.save_checkpoint(ckpt, path)
     r = train_cli(tmp_path, "--init_from=resume", "--max_iters=6", "--lr_decay_iters=6")
     assert r.returncode == 0, r.stderr
     hs = [x for x in records(tmp_path) if x["kind"] == "hellaswag"]

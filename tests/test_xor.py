@@ -7,7 +7,7 @@ one clear error."""
 import pytest
 
 import xor_bio
-from settings_bio import UserError
+from wigglegpt.common import UserError
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from settings_bio import UserError
+from wigglegpt.common import UserError
 
 # ---------------------------------------------------------------------------------------
 # peak FLOP/s: dense (no 2:4 sparsity) bf16/fp16 tensor-core rates, from NVIDIA's data sheets

@@ -21,9 +21,9 @@ layers, which store them as (in, out); our nn.Linear wants (out, in): they are t
 
 import os
 
-import checkpoint_bio
+from wigglegpt import checkpoint
 from model_bio import GPTConfig
-from settings_bio import UserError
+from wigglegpt.common import UserError
 
 GPT2_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 INSTALL_HINT = "pip install transformers (or pip install -r requirements-optional.txt)"
@@ -99,7 +99,7 @@ def from_hf(hf_model, source="GPT-2", **overrides):
     overrides set config fields that do not change the weights (dropout, gradient_checkpointing)."""
     config = config_from_hf(hf_model.config, source)
     state = state_dict_from_hf(hf_model.state_dict())
-    return checkpoint_bio.model_with_weights(config, state, source, **overrides).eval()
+    return checkpoint.model_with_weights(config, state, source, **overrides).eval()
 
 
 def load_gpt2(source, device="cpu", **overrides):

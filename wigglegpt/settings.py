@@ -14,40 +14,8 @@ import difflib
 import os
 import sys
 import types
-from contextlib import nullcontext
 
-
-class UserError(Exception):
-    """Bad input from the user: printed as one line on stderr, exit code 2, no traceback."""
-
-
-def run_main(main):
-    """Run a script's main(); user errors become one clear line and exit code 2."""
-    try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except BrokenPipeError:  # output piped into `head` and the reader left: not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        sys.exit(0)
-
-
-def write_error(path, error, advice):
-    """The one-line UserError for a file that could not be written (disk full, no permission,
-    read-only folder): names the file, the reason and what to do."""
-    import errno
-    reason = error.strerror or str(error) or type(error).__name__
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        fix = "free some disk space"
-    elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = "make the folder writable or choose another one"
-    else:
-        fix = "check the disk"
-    return UserError(f"could not write {path}: {reason}; {fix}, then {advice}")
+from wigglegpt.common import UserError
 
 
 # ---------------------------------------------------------------------------------------
@@ -178,64 +146,3 @@ def load_settings(settings, argv=None, description="", allow_config_file=True, h
             value = _parse_value(text, default, settings[key][2:])
         values[key] = _check_type(key, value, default, "on the command line", settings[key][2:])
     return types.SimpleNamespace(**values)
-
-
-# ---------------------------------------------------------------------------------------
-# device and dtype
-
-def pick_device(requested="auto"):
-    """'auto' picks cuda > mps > cpu; asking for a device that is not there is a UserError."""
-    import torch
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if requested == "cuda" or requested.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise UserError(f"device={requested} asked for, but this machine has no CUDA GPU "
-                            "(or torch is the CPU build); use --device=cpu or install the CUDA build")
-        has_index, index = requested.startswith("cuda:"), requested.partition(":")[2]
-        if has_index and not index.isdigit():
-            raise UserError(f"device={requested}: the GPU number must be a whole number, as in cuda:0")
-        count = torch.cuda.device_count()
-        if index and int(index) >= count:
-            raise UserError(f"device={requested} asked for, but this machine has {count} GPU(s): "
-                            f"cuda:0 to cuda:{count - 1}")
-        return requested
-    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("device=mps asked for, but MPS is not available here")
-    if requested not in ("cpu", "mps"):
-        raise UserError(f"unknown device {requested!r}; use auto, cpu, cuda, cuda:N or mps")
-    return requested
-
-
-def pick_dtype(requested, device):
-    """'auto' is bf16 on GPUs that compute it in hardware, fp16 on older GPUs, fp32 elsewhere.
-    On the CPU bfloat16 and float16 run through CPU autocast when asked for (slow, but the
-    same mixed-precision code path as a GPU, so it can be tested anywhere)."""
-    if requested == "auto":
-        if device.startswith("cuda"):
-            import gpu_bio
-            return "bfloat16" if gpu_bio.has_native_bf16(device) else "float16"
-        return "float32"
-    if requested not in ("float32", "bfloat16", "float16"):
-        raise UserError(f"unknown dtype {requested!r}; use auto, float32, bfloat16 or float16")
-    if requested == "bfloat16" and device.startswith("cuda"):
-        import gpu_bio
-        if not gpu_bio.has_native_bf16(device):
-            import torch
-            name = torch.cuda.get_device_name(gpu_bio.cuda_index(device))
-            raise UserError(f"{name} has no hardware bfloat16 (compute capability below 8.0; torch would "
-                            "emulate it, slowly); use --dtype=float16 or --dtype=auto")
-    return requested
-
-
-def autocast_for(device, dtype):
-    """Mixed precision as torch.autocast on CUDA, MPS and the CPU alike; float32: no autocast."""
-    import torch
-    device_type = device.split(":")[0]
-    if dtype == "float32":
-        return nullcontext()
-    return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))

@@ -38,13 +38,13 @@ from datetime import datetime, timezone
 import numpy as np
 from tqdm import tqdm
 
-from settings_bio import UserError, write_error
-from tokenizer_bio import EOT, VOCAB_SIZE, get_tokenizer, InvalidConversation, render_conversation
+from wigglegpt.common import UserError, write_error
+from wigglegpt.tokenizer import EOT, VOCAB_SIZE, get_tokenizer, InvalidConversation, render_conversation
 
 SPLITS = ("train", "val")
 PROGRESS_NAME = "prepare.progress"
 FLUSH_BYTES = 4 * 2**20  # buffered token bytes before a write: small enough to stay flat in memory
-SHAKESPEARE_GZ = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+SHAKESPEARE_GZ = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "data", "shakespeare", "shakespeare_complete.txt.gz")
 SHAKESPEARE_CHUNK_LINES = 100  # a demo "document" is ~100 lines, cut at the next blank line
 SHAKESPEARE_VAL_FRACTION = 0.08
@@ -183,7 +183,7 @@ class TextEncoder:
 
 class ChatEncoder:
     """Conversation rows: the chat template and its loss mask; malformed rows become skip reasons.
-    max_tokens and loss_on as in tokenizer_bio.render_conversation."""
+    max_tokens and loss_on as in tokenizer.render_conversation."""
 
     def __init__(self, messages_field="messages", max_tokens=1024, loss_on="assistant"):
         self.messages_field, self.max_tokens, self.loss_on = messages_field, max_tokens, loss_on
@@ -612,7 +612,7 @@ def source_settings(dataset, dataset_config, split, file_kinds):
 
 
 def common_settings(unit):
-    """The settings both prepare scripts share (settings_bio format), unit naming what a row is."""
+    """The settings both prepare scripts share (wigglegpt.settings format), unit naming what a row is."""
     return {
         "num_threads": (os.cpu_count() or 1, "parallel encoders; worker processes, which scale better "
                                              "than tiktoken's threads (1: encode in this process)"),

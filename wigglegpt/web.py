@@ -27,16 +27,16 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from chat_bio import STOP_STRINGS, fit_history
-from checkpoint_bio import unwrap
-from engine_bio import check_options, generate, stream_text
-from settings_bio import UserError
-from tokenizer_bio import ASSISTANT_START, EOT, VOCAB_SIZE, encode, get_tokenizer, render_prompt
+from wigglegpt.checkpoint import unwrap
+from wigglegpt.engine import check_options, generate, stream_text
+from wigglegpt.common import UserError
+from wigglegpt.tokenizer import ASSISTANT_START, EOT, VOCAB_SIZE, encode, get_tokenizer, render_prompt
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_web.html")
 INSTALL = "pip install -r requirements-optional.txt"
 MAX_BODY_BYTES = 1 << 20  # far above any conversation a context of a few thousand tokens can use
 MAX_MESSAGES = 1000
-SAMPLING = ("temperature", "top_k", "top_p", "repetition_penalty", "repetition_window")  # engine_bio.generate's
+SAMPLING = ("temperature", "top_k", "top_p", "repetition_penalty", "repetition_window")  # engine.generate's
 OPTIONS = SAMPLING + ("max_new_tokens", "seed")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 KEEPALIVE_S = 5.0  # a comment line while a reply waits its turn keeps proxies from timing out
@@ -311,7 +311,7 @@ def create_app(chat, name):
     worker = ReplyWorker(chat)
     block_size = unwrap(chat.model).config.block_size
     defaults = {"system": chat.system, "max_new_tokens": chat.max_new_tokens, "seed": chat.seed,
-                "repetition_window": 0, **chat.sampling}  # 0: the whole context, as in engine_bio
+                "repetition_window": 0, **chat.sampling}  # 0: the whole context, as in wigglegpt.engine
     info = {**model_info(chat, name), "defaults": defaults,
             "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_messages": MAX_MESSAGES}}
     with open(PAGE, encoding="utf-8") as f:

@@ -15,7 +15,7 @@ and embeddings, none on norms, biases and the neurons' omega, phi and baseline).
 
 import torch
 
-from settings_bio import UserError
+from wigglegpt.common import UserError
 
 OPTIMIZERS = ("adamw", "adamw8bit", "lion", "adafactor")
 

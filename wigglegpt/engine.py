@@ -21,9 +21,9 @@ from contextlib import nullcontext
 
 import torch
 
-from checkpoint_bio import unwrap  # the GPT inside torch.compile: config and new_kv_cache live there
-from settings_bio import UserError
-from tokenizer_bio import StreamDecoder
+from wigglegpt.checkpoint import unwrap  # the GPT inside torch.compile: config and new_kv_cache live there
+from wigglegpt.common import UserError
+from wigglegpt.tokenizer import StreamDecoder
 
 
 # ---------------------------------------------------------------------------------------
@@ -51,7 +51,7 @@ def check_options(max_new_tokens=0, temperature=1.0, top_k=None, top_p=None, rep
 
 def sampling_settings(temperature, top_k, top_p, repetition_penalty, seed, seed_meaning, repetition_window=0):
     """The sampling and device settings sample_bio.py and chat_bio.py share, with each one's
-    defaults (settings_bio format: name -> (default, meaning))."""
+    defaults (wigglegpt.settings format: name -> (default, meaning))."""
     return {
         "temperature": (temperature, "1.0 = the model's distribution, lower is more conservative, 0 = greedy"),
         "top_k": (top_k, "sample only among the k most likely tokens (0 or None = off)", None),

@@ -23,7 +23,7 @@ ROLES = ("system", "user", "assistant")
 SYSTEM_START, SYSTEM_END = "<|system|>", "<|/system|>"
 USER_START, USER_END = "<|user|>", "<|/user|>"
 ASSISTANT_START, ASSISTANT_END = "<|assistant|>", "<|/assistant|>"
-BPE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "gpt2.tiktoken")
+BPE_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "gpt2.tiktoken")
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 

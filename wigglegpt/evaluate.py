@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import tokenizer_bio
-from checkpoint_bio import unwrap
-from settings_bio import UserError
+from wigglegpt import tokenizer
+from wigglegpt.checkpoint import unwrap
+from wigglegpt.common import UserError
 
 HELLASWAG_HUB = "Rowan/hellaswag"
 N_ENDINGS = 4
@@ -42,10 +42,10 @@ N_ENDINGS = 4
 def load_eval_model(ckpt="", init_from="", device="cpu"):
     """(model in eval mode on device, its name): a checkpoint file (this project's or the
     original WiggleGPT format) or init_from -- 'gpt2' and friends, a save_pretrained folder, a
-    checkpoint file -- resolved by checkpoint_bio.load_model_from, as sample and chat do."""
+    checkpoint file -- resolved by checkpoint.load_model_from, as sample and chat do."""
     if bool(ckpt) == bool(init_from):
         raise UserError("give exactly one model: --ckpt=path/to/ckpt.pt or --init_from=gpt2 (gpt2-medium, ...)")
-    from checkpoint_bio import load_model, load_model_from
+    from wigglegpt.checkpoint import load_model, load_model_from
     if ckpt:
         model, _ = load_model(ckpt, device, dropout=0.0)
         return model.eval(), ckpt
@@ -64,8 +64,8 @@ def token_byte_table(vocab_size, device="cpu"):
     <|endoftext|> and for ids past the tokenizer's vocabulary (the model's padding ids)."""
     key = (vocab_size, str(device))
     if key not in _BYTE_TABLES:
-        enc = tokenizer_bio.get_tokenizer()
-        lengths = [len(enc.decode_single_token_bytes(i)) if i < tokenizer_bio.EOT else 0 for i in range(vocab_size)]
+        enc = tokenizer.get_tokenizer()
+        lengths = [len(enc.decode_single_token_bytes(i)) if i < tokenizer.EOT else 0 for i in range(vocab_size)]
         _BYTE_TABLES[key] = torch.tensor(lengths, dtype=torch.long, device=device)
     return _BYTE_TABLES[key]
 
@@ -88,7 +88,7 @@ def val_windows(folder, n_windows, block_size, seed=0, split="val"):
     split_mask.bin exists (chat data), targets outside assistant replies become -1."""
     path = os.path.join(folder, f"{split}.bin")
     if not os.path.isfile(path):
-        raise UserError(f"{path} is missing; prepare the data with dataprep_bio.py (or set --data_root/--dataset)")
+        raise UserError(f"{path} is missing; prepare the data with prepare_openwebtext_streaming.py or prepare_smoltalk.py (or set --data_root/--dataset)")
     data = np.memmap(path, dtype=np.uint16, mode="r")
     if len(data) < block_size + 1:
         raise UserError(f"{path} has {len(data):,} tokens, fewer than one window of block_size {block_size} + 1")
@@ -200,10 +200,10 @@ def load_hellaswag(file="", limit=0, hub_name=HELLASWAG_HUB):
 def render_example(row, block_size):
     """(tokens (4, T), scored (4, T), truncated): the 4 sequences ctx + " " + ending, right-
     padded with 0; scored[i, t] is True where token t belongs to ending i (and is predicted)."""
-    ctx_ids = tokenizer_bio.encode(row["ctx"])
+    ctx_ids = tokenizer.encode(row["ctx"])
     sequences, truncated = [], False
     for ending in row["endings"]:
-        end_ids = tokenizer_bio.encode(" " + ending)
+        end_ids = tokenizer.encode(" " + ending)
         ids = ctx_ids + end_ids
         flags = [False] * len(ctx_ids) + [True] * len(end_ids)
         if len(ids) > block_size:  # keep the ending: cut the context from the left
@@ -240,8 +240,8 @@ def score_hellaswag(model, rows, device="cpu", autocast=None, desc="hellaswag", 
     hides the bar (every process but the first under torchrun)."""
     from tqdm import tqdm
     config = unwrap(model).config
-    if config.vocab_size < tokenizer_bio.VOCAB_SIZE:
-        raise UserError(f"HellaSwag needs GPT-2's {tokenizer_bio.VOCAB_SIZE:,} token ids; this model's vocab_size "
+    if config.vocab_size < tokenizer.VOCAB_SIZE:
+        raise UserError(f"HellaSwag needs GPT-2's {tokenizer.VOCAB_SIZE:,} token ids; this model's vocab_size "
                         f"is {config.vocab_size:,}")
     block_size = config.block_size
     was_training = model.training
