@@ -659,7 +659,7 @@ def _sync(device):
 
 def part_environment(check):
     """Versions, the GPU, and the peak FLOP/s and bandwidth the other parts measure against."""
-    from wigglegpt import gpu
+    from wigglegpt import common, gpu
     from wigglegpt import oscillate_triton
     device = check.device
     try:
@@ -671,7 +671,7 @@ def part_environment(check):
            f"CUDA {torch.version.cuda or 'none'}, Triton {triton_version}, python {platform.python_version()}")
     name = gpu.device_name(device)
     if name:
-        props = torch.cuda.get_device_properties(gpu.cuda_index(device))
+        props = torch.cuda.get_device_properties(common.cuda_index(device))
         yield ("GPU", name, "-", f"compute capability {props.major}.{props.minor}, "
                                  f"{props.total_memory / 2**30:.1f} GiB, {props.multi_processor_count} SMs")
     else:
@@ -916,7 +916,7 @@ def part_batch_auto(check):
 
 
 def _batch_under(check, budget_gb):
-    from wigglegpt import gpu
+    from wigglegpt import common, gpu
     from model_bio import GPT
     from wigglegpt.common import autocast_for, pick_dtype
     device, cfg = check.device, check.config
@@ -928,7 +928,7 @@ def _batch_under(check, budget_gb):
     quiet = lambda line: None  # noqa: E731
     model = GPT(cfg).to(device)
     estimate = gpu.memory_estimate(cfg, sum(p.numel() for p in model.parameters()), T, dtype)
-    index = gpu.cuda_index(device) if cuda else None
+    index = common.cuda_index(device) if cuda else None
     try:
         if cuda:
             total = torch.cuda.get_device_properties(index).total_memory

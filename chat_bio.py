@@ -22,16 +22,15 @@ not a terminal each input line is one user message (no commands) and each reply 
 on one line (its own line breaks become spaces); nothing else goes to stdout.
 """
 
-import os
 import re
 import sys
 
-from wigglegpt.engine import (TokenCache, apply_preset, check_options, generate, preset_setting, sampling_settings,
-                        stream_text)
-from sample_bio import INIT_FROM_MEANING, load_for_sampling, model_source, prepare_stdout, write_stdout
-from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, run_main
+from wigglegpt import web
+from wigglegpt.chat import Chat, MessageTooLong, reply_budget
+from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, prepare_stdout, run_main, write_stdout
+from wigglegpt.engine import apply_preset, check_options, preset_setting, sampling_options, sampling_settings
+from wigglegpt.loader import INIT_FROM_MEANING, load_for_inference, model_source
 from wigglegpt.settings import load_settings
-from wigglegpt.tokenizer import ASSISTANT_END, EOT, USER_START, VOCAB_SIZE, render_prompt
 
 SETTINGS = {
     "out_dir": ("out", "folder of the checkpoint to chat with (its ckpt.pt) with init_from='resume'"),
@@ -48,10 +47,6 @@ SETTINGS = {
     "host": ("127.0.0.1", "address the web chat listens on (other than this machine's only when you mean it)"),
     "port": (8000, "port of the web chat (0: any free port)"),
 }
-# the template puts a newline before the closing tag; stopping at it keeps it out of the reply.
-# A reply that runs on into a user turn of its own ends there too.
-STOP_STRINGS = ("\n" + ASSISTANT_END, ASSISTANT_END, "\n" + USER_START, USER_START)
-DEFAULT_MAX_NEW_TOKENS = 256
 QUIT = ("quit", "exit", "/quit", "/exit")
 HELP = """commands:
   /system <text>       set the system prompt (/system alone removes it)
@@ -60,73 +55,6 @@ HELP = """commands:
   /quit, quit, /exit, exit
                        leave (Ctrl-D too); Ctrl-C stops a reply"""
 LINE_BREAKS = re.compile(r"\r\n|[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
-
-
-class MessageTooLong(UserError):
-    """The newest message does not fit the context even without any history."""
-
-
-def fit_history(system, messages, budget):
-    """Drop the oldest user/assistant turns until the prompt fits in budget tokens.
-
-    messages: the conversation without the system prompt, ending with the new user message
-    (always kept, as is the system prompt). Returns (kept messages, prompt ids).
-    """
-    kept = list(messages)
-    head = [{"role": "system", "content": system}] if system.strip() else []
-    while True:
-        ids = render_prompt(head + kept)
-        if len(ids) <= budget:
-            return kept, ids
-        if len(kept) <= 1:
-            raise MessageTooLong(f"the message makes a prompt of {len(ids)} tokens; {budget} fit "
-                                 "(the context minus max_new_tokens)")
-        kept.pop(0)
-        while len(kept) > 1 and kept[0]["role"] == "assistant":  # a turn goes as a whole
-            kept.pop(0)
-
-
-class Chat:
-    """One conversation: the system prompt, the turns so far, and the KV cache across turns."""
-
-    def __init__(self, model, system="", max_new_tokens=256, seed=None, autocast=None, **sampling):
-        block_size = model.config.block_size
-        if max_new_tokens >= block_size:
-            raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the "
-                            f"model's context of {block_size} tokens")
-        self.model, self.system, self.history = model, system, []
-        self.budget = block_size - max_new_tokens
-        self.max_new_tokens, self.seed, self.autocast, self.sampling = max_new_tokens, seed, autocast, sampling
-        self.cache = TokenCache(model)
-        self.turns = 0
-
-    def clear(self):
-        self.history = []  # the cache stays: the system prompt at its start is still good
-
-    def respond(self, text, write):
-        """Answer the user message text, writing the reply as it is made; return the reply.
-
-        Raises MessageTooLong (history untouched) when text cannot fit. Ctrl-C ends the
-        reply early; what was written so far stays in the history.
-        """
-        kept, ids = fit_history(self.system, self.history + [{"role": "user", "content": text}], self.budget)
-        self.history = kept
-        seed = None if self.seed is None else self.seed + self.turns
-        self.turns += 1
-        tokens = generate(self.model, ids, self.max_new_tokens, stop_tokens=(EOT,), seed=seed,
-                          vocab_size=VOCAB_SIZE, cache=self.cache, autocast=self.autocast, **self.sampling)
-        pieces = []
-        try:
-            for piece in stream_text(tokens, STOP_STRINGS):
-                write(piece)
-                pieces.append(piece)
-        except KeyboardInterrupt:
-            pass  # the cache notices an interrupted forward by itself (TokenCache.reusable)
-        reply = "".join(pieces)
-        if reply.strip():  # the template has no empty turns
-            # kept stripped, as the original chat.py kept it: later prompts are that one's, id for id
-            self.history.append({"role": "assistant", "content": reply.strip()})
-        return reply
 
 
 def command(chat, line):
@@ -193,47 +121,37 @@ def answer_lines(chat, lines, write=write_stdout, warn=None):
         write("\n")
 
 
-def reply_budget(max_new_tokens, block_size):
-    """max_new_tokens as given, or (None) the default that still leaves the prompt half the context."""
-    return max_new_tokens if max_new_tokens is not None else min(DEFAULT_MAX_NEW_TOKENS, block_size // 2)
-
-
 def main(argv=None):
     cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
     apply_preset(cfg, argv)
-    check_options(cfg.max_new_tokens or 0, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
-                  cfg.repetition_window)
+    sampling = sampling_options(cfg)
+    check_options(cfg.max_new_tokens or 0, **sampling)
     if cfg.prompt and not cfg.prompt.strip():
         raise UserError("--prompt is only whitespace; give a message, or leave --prompt out to chat interactively")
     if cfg.web:
-        from wigglegpt import web
         web.check_web_settings(cfg)  # before the model loads
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    model, path = load_for_sampling(model_source(cfg), device, cfg.out_dir)
+    model, path = load_for_inference(model_source(cfg.ckpt, cfg.init_from), cfg.out_dir, device,
+                                     needs_tokenizer="sampling")
     chat = Chat(model, system=cfg.system, max_new_tokens=reply_budget(cfg.max_new_tokens, model.config.block_size),
-                seed=cfg.seed if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype),
-                temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                repetition_penalty=cfg.repetition_penalty, repetition_window=cfg.repetition_window)
+                seed=cfg.seed if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype), **sampling)
     if cfg.web:
         return web.serve(chat, name=path, host=cfg.host, port=cfg.port)
-    prepare_stdout()
-    try:
-        if cfg.prompt:
-            chat.respond(cfg.prompt.strip(), write_stdout)  # stripped, as the original chat.py did
-            write_stdout("\n")
-        elif not sys.stdin.isatty():
-            if hasattr(sys.stdin, "reconfigure"):
-                sys.stdin.reconfigure(errors="replace")  # stray bytes should not end the batch
-            answer_lines(chat, sys.stdin)
-        else:
-            try:
-                import readline  # noqa: F401  (line editing and history for input())
-            except ImportError:
-                pass
-            repl(chat, banner=f"chatting with {path} (context {model.config.block_size} tokens)")
-    except BrokenPipeError:  # the reader left: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    prepare_stdout()  # a reader that leaves (| head) is run_main's BrokenPipeError: a quiet exit
+    if cfg.prompt:
+        chat.respond(cfg.prompt.strip(), write_stdout)  # stripped, as the original chat.py did
+        write_stdout("\n")
+    elif not sys.stdin.isatty():
+        if hasattr(sys.stdin, "reconfigure"):
+            sys.stdin.reconfigure(errors="replace")  # stray bytes should not end the batch
+        answer_lines(chat, sys.stdin)
+    else:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+        repl(chat, banner=f"chatting with {path} (context {model.config.block_size} tokens)")
 
 
 if __name__ == "__main__":

@@ -197,8 +197,8 @@ def uses_rope(config_values, train_args):
             return arg.split("=", 1)[1] == "True"
     if "use_rope" in config_values:
         return config_values["use_rope"]
-    from train_bio import SETTINGS as TRAIN_SETTINGS  # (imports torch) its default applies
-    return TRAIN_SETTINGS["use_rope"][0]
+    from model_bio import GPTConfig  # (imports torch) train_bio.py's default is the model's
+    return GPTConfig.use_rope
 
 
 def planned_runs(configs, rope_variants, train_args):

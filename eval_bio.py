@@ -16,7 +16,8 @@ import json
 import os
 import time
 
-from wigglegpt.evaluate import load_eval_model, load_hellaswag, score_hellaswag, val_loss_bpb
+from wigglegpt.evaluate import load_hellaswag, score_hellaswag, val_loss_bpb
+from wigglegpt.loader import load_for_inference, model_source
 from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, run_main
 from wigglegpt.settings import load_settings
 
@@ -98,7 +99,7 @@ def main(argv=None):
     tasks = parse_tasks(cfg.tasks)
     device = pick_device(cfg.device)
     autocast = autocast_for(device, pick_dtype(cfg.dtype, device))
-    model, name = load_eval_model(cfg.ckpt, cfg.init_from, device)
+    model, name = load_for_inference(model_source(cfg.ckpt, cfg.init_from, default=""), device=device)
     results = run_tasks(cfg, tasks, model, device, autocast)
     print_table(name, results)
     if cfg.out:

@@ -72,7 +72,7 @@ def model_class():
 
     from wigglegpt import tokenizer
     from wigglegpt.engine import generate, stream_text
-    from wigglegpt.evaluate import load_eval_model
+    from wigglegpt.loader import load_for_inference, model_source
 
     @lm_eval.api.registry.register_model(MODEL_NAME)
     class WiggleGPTLM(lm_eval.api.model.LM):
@@ -91,7 +91,7 @@ def model_class():
                 raise UserError(f"batch_size={batch_size!r}: give a whole number of sequences") from None
             if self.batch_size <= 0:
                 raise UserError(f"batch_size must be positive, got {self.batch_size}")
-            self.model, self.name = load_eval_model(ckpt, init_from, self._device)
+            self.model, self.name = load_for_inference(model_source(ckpt, init_from, default=""), device=self._device)
             self.block_size = self.model.config.block_size
 
         @property

@@ -13,14 +13,13 @@ code, so the comparison is honest. This file imports only torch and the standard
 """
 
 import math
+import re
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
-
-from wigglegpt import oscillate_triton  # the fused kernel; imports Triton only when first used
 
 SPARSE_GATE_KINDS = ("lightweight", "event_layer")
 ACTIVATION_KERNELS = ("auto", "triton", "torch")
@@ -263,6 +262,23 @@ class OscillateFunction(torch.autograd.Function):
 _KERNEL_CHOICES = {}  # (setting, device type) -> bool: decided once, a plain lookup after that
 
 
+def kernel_problem(device_type):
+    """Why the fused kernel cannot run on device_type, or None when a test launch works. The
+    kernel is the torch op wigglegpt::oscillate, registered by wigglegpt/oscillate_triton.py when
+    it is imported (the scripts import it); this file reaches it through torch.ops alone."""
+    try:
+        op = torch.ops.wigglegpt.oscillate
+    except AttributeError:
+        return "the kernel is not loaded (import wigglegpt.oscillate_triton first; the scripts do)"
+    try:
+        x = torch.zeros(2, 4, device=device_type)
+        op(x, x[0], x[0], x[0])
+    except Exception as e:  # no Triton, no GPU, a failed compile: the op says which
+        lines = str(e).strip().splitlines()
+        return re.sub(r"^the Triton oscillate kernel cannot run on \S+: ", "", lines[0]) if lines else type(e).__name__
+    return None
+
+
 def uses_kernel(setting, device_type):
     """Whether the oscillating activation runs as the Triton kernel on this device type (see
     GPTConfig.activation_kernel). 'triton' where the kernel cannot run raises ValueError.
@@ -273,11 +289,11 @@ def uses_kernel(setting, device_type):
         if setting == "torch" or (setting == "auto" and device_type != "cuda"):
             _KERNEL_CHOICES[key] = False
         else:
-            ok, reason = oscillate_triton.available(device_type)
-            if setting == "triton" and not ok:
-                raise ValueError(f"activation_kernel='triton' cannot run on {device_type}: {reason}; "
+            problem = kernel_problem(device_type)
+            if setting == "triton" and problem:
+                raise ValueError(f"activation_kernel='triton' cannot run on {device_type}: {problem}; "
                                  "use activation_kernel='auto' or 'torch'")
-            _KERNEL_CHOICES[key] = ok
+            _KERNEL_CHOICES[key] = problem is None
     return _KERNEL_CHOICES[key]
 
 
@@ -297,7 +313,7 @@ class OscillatingActivation(nn.Module):
         else:
             kernel = uses_kernel(self.kernel, x.device.type)
         if kernel and x.dtype != torch.float64:
-            return oscillate_triton.oscillate(x, self.omega, self.phi, self.baseline)  # one read of x, one write
+            return torch.ops.wigglegpt.oscillate(x, self.omega, self.phi, self.baseline)  # one read of x, one write
         return OscillateFunction.apply(x, self.omega, self.phi, self.baseline)
 
 

@@ -18,14 +18,11 @@ import sys
 
 import torch
 
-from wigglegpt.checkpoint import load_model_from
-from wigglegpt.engine import check_options, generate, sampling_settings, stream_text
-from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, run_main
+from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, prepare_stdout, run_main, write_stdout
+from wigglegpt.engine import check_options, generate, sampling_options, sampling_settings, stream_text
+from wigglegpt.loader import INIT_FROM_MEANING, load_for_inference, model_source
 from wigglegpt.settings import load_settings
 from wigglegpt.tokenizer import EOT, VOCAB_SIZE, StreamDecoder, encode
-
-INIT_FROM_MEANING = ("'resume' (out_dir/ckpt.pt), a checkpoint file, or GPT-2: gpt2, gpt2-medium, gpt2-large, "
-                     "gpt2-xl or a transformers save_pretrained folder")
 SETTINGS = {
     "out_dir": ("out", "folder of the checkpoint to sample (its ckpt.pt) with init_from='resume'"),
     "init_from": ("resume", INIT_FROM_MEANING),
@@ -86,60 +83,26 @@ def stream_sample(model, ids, write, echo_prompt=True, **sampling):
     return new_ids
 
 
-def model_source(cfg):
-    """What to load: --ckpt when given (the older spelling of --init_from=<file>), else init_from."""
-    if cfg.ckpt and cfg.init_from != "resume":
-        raise UserError(f"--ckpt={cfg.ckpt} and --init_from={cfg.init_from} both name the model; give one")
-    return cfg.ckpt or cfg.init_from
-
-
-def load_for_sampling(init_from, device, out_dir="out"):
-    """The model init_from names (see checkpoint.load_model_from) in eval mode, checked to
-    use the GPT-2 vocabulary. Returns (model, where it came from)."""
-    model, _, source = load_model_from(init_from, out_dir, device)
-    if model.config.vocab_size < VOCAB_SIZE:
-        raise UserError(f"{source} has vocab_size {model.config.vocab_size}; sampling needs the GPT-2 "
-                        f"tokenizer's {VOCAB_SIZE} ids")
-    return model.eval(), source
-
-
-def write_stdout(text):
-    sys.stdout.write(text)
-    sys.stdout.flush()  # show each piece as it is made
-
-
-def prepare_stdout():
-    """Characters the terminal cannot show become '?' instead of an exception."""
-    if hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="replace")
-
-
 def main(argv=None):
     cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
-    check_options(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty,
-                  cfg.repetition_window)
+    sampling = sampling_options(cfg)
+    check_options(cfg.max_new_tokens, **sampling)
     if cfg.num_samples < 1:
         raise UserError(f"num_samples must be at least 1, got {cfg.num_samples}")
     text = read_prompt(cfg.start)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    model, _ = load_for_sampling(model_source(cfg), device, cfg.out_dir)
+    model, _ = load_for_inference(model_source(cfg.ckpt, cfg.init_from), cfg.out_dir, device, needs_tokenizer="sampling")
     ids = prompt_ids(text, model.config.block_size, lambda msg: print(msg, file=sys.stderr))
     if cfg.compile:
         model = torch.compile(model)
     prepare_stdout()
-    try:
-        for i in range(cfg.num_samples):
-            if i:
-                write_stdout(f"\n{SEPARATOR}\n")
-            stream_sample(model, ids, write_stdout, echo_prompt=bool(text),
-                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k,
-                          top_p=cfg.top_p, repetition_penalty=cfg.repetition_penalty,
-                          repetition_window=cfg.repetition_window,
-                          seed=cfg.seed + i if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype))
-        write_stdout("\n")
-    except BrokenPipeError:  # the reader left (e.g. `| head`): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    for i in range(cfg.num_samples):
+        if i:
+            write_stdout(f"\n{SEPARATOR}\n")
+        stream_sample(model, ids, write_stdout, echo_prompt=bool(text), max_new_tokens=cfg.max_new_tokens,
+                      seed=cfg.seed + i if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype), **sampling)
+    write_stdout("\n")  # a reader that left (| head) is run_main's BrokenPipeError: a quiet exit
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 
 import model_bio
 from model_bio import GPT, GPTConfig
-from wigglegpt import checkpoint, common, evaluate, gpu, optim
+from wigglegpt import checkpoint, common, evaluate, gpu, loader, optim, oscillate_triton
 from wigglegpt.common import UserError, run_main
 from wigglegpt.settings import apply_settings, default_values, load_settings
 
@@ -471,7 +471,7 @@ def build_model(s, device, d):
     if s.init_from == "scratch":
         return GPT(model_config_from(s)).to(device), None
     # resume, fine-tune from a checkpoint, or from GPT-2 (a name or a save_pretrained folder)
-    model, ckpt, source = checkpoint.load_model_from(s.init_from, s.out_dir, device, **overrides)
+    model, ckpt, source = loader.load_model_from(s.init_from, s.out_dir, device, **overrides)
     checked_against(s, model.config, source, d)
     if s.init_from == "resume":
         for key in ("optimizer", "iter_num"):
@@ -666,7 +666,7 @@ def compile_choice(setting, device):
     on_cuda = device.startswith("cuda")
     if setting is False:
         return False, ""
-    triton_ok, why = model_bio.oscillate_triton.available("cuda") if on_cuda else (False, "")
+    triton_ok, why = oscillate_triton.available("cuda") if on_cuda else (False, "")
     if setting is True:
         if on_cuda and not triton_ok:
             raise UserError(f"compile=True needs a working Triton on CUDA: {why}; use --compile=False "
@@ -691,12 +691,12 @@ def activation_choice(config, device_type):
     except ValueError as e:
         raise UserError(str(e)) from None
     if kernel:
-        return f"fused Triton kernel ({model_bio.oscillate_triton.available(device_type)[1]})"
+        return f"fused Triton kernel ({oscillate_triton.available(device_type)[1]})"
     if config.activation_kernel == "torch":
         return "PyTorch ops (activation_kernel='torch')"
     if device_type != "cuda":
         return "PyTorch ops (activation_kernel='auto': the fused kernel is for CUDA GPUs)"
-    return f"PyTorch ops (activation_kernel='auto'; {model_bio.oscillate_triton.available(device_type)[1]})"
+    return f"PyTorch ops (activation_kernel='auto'; {oscillate_triton.available(device_type)[1]})"
 
 
 def setup_run(s, d, device):

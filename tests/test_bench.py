@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 import bench_bio
-from wigglegpt import gpu
+from wigglegpt import gpu, oscillate_triton
 import model_bio
 from conftest import ROOT, tiny_config
 from wigglegpt.common import UserError
@@ -81,7 +81,7 @@ def test_logits_memory_counts_what_the_full_logits_cost(monkeypatch):
 
 def test_every_gpu_check_part_runs_on_the_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the kernel's parts too, in Triton's interpreter
-    kernel, _ = model_bio.oscillate_triton.available("cpu")
+    kernel, _ = oscillate_triton.available("cpu")
     losses = []
     real_forward = model_bio.GPT.forward
 

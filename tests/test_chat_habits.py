@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import chat_bio
+from wigglegpt.chat import Chat, STOP_STRINGS, reply_budget
 from wigglegpt import engine
 from wigglegpt.checkpoint import checkpoint_dict, save_checkpoint
 from conftest import ROOT, ScriptedModel, tiny_config
@@ -26,7 +27,7 @@ from wigglegpt.tokenizer import EOT, encode, render_prompt
 def test_reply_ends_where_the_model_starts_a_user_turn():
     script = encode("Sure, here it is.") + encode("\n<|user|>\nand now I ask myself") + [EOT]
     prompt_len = len(render_prompt([{"role": "user", "content": "Help?"}]))
-    chat = chat_bio.Chat(ScriptedModel(prompt_len, script), max_new_tokens=40, temperature=0)
+    chat = Chat(ScriptedModel(prompt_len, script), max_new_tokens=40, temperature=0)
     written = []
     assert chat.respond("Help?", written.append) == "Sure, here it is."
     assert "".join(written) == "Sure, here it is." and not any("<" in piece for piece in written)
@@ -36,7 +37,7 @@ def test_reply_ends_where_the_model_starts_a_user_turn():
 def test_history_keeps_replies_stripped_as_the_original():
     script = encode("  Hi there \n") + encode("\n<|/assistant|>") + [EOT]
     prompt_len = len(render_prompt([{"role": "user", "content": "Hi"}]))
-    chat = chat_bio.Chat(ScriptedModel(prompt_len, script), max_new_tokens=20, temperature=0)
+    chat = Chat(ScriptedModel(prompt_len, script), max_new_tokens=20, temperature=0)
     assert chat.respond("Hi", lambda piece: None) == "  Hi there \n"
     assert chat.history == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hi there"}]
     original = ("<|user|>\nHi\n<|/user|>\n<|assistant|>\nHi there\n<|/assistant|>\n"
@@ -45,16 +46,16 @@ def test_history_keeps_replies_stripped_as_the_original():
 
 
 def test_a_partial_user_tag_is_held_back_until_it_is_known():
-    pieces = list(engine.stream_text(iter(encode("a <|us")), chat_bio.STOP_STRINGS))
+    pieces = list(engine.stream_text(iter(encode("a <|us")), STOP_STRINGS))
     assert "".join(pieces[:-1]) == "a "  # "<|us" could still have become "<|user|>": not shown...
     assert pieces[-1] == "<|us"  # ...until the generation ended and it was text after all
-    pieces = list(engine.stream_text(iter(encode("x <|user says <|user|> y")), chat_bio.STOP_STRINGS))
+    pieces = list(engine.stream_text(iter(encode("x <|user says <|user|> y")), STOP_STRINGS))
     assert "".join(pieces) == "x <|user says "
 
 
 def test_bare_and_slash_commands_as_in_the_original():
     for quit_word in ("quit", "exit", "/quit", "/exit", "QUIT", "Exit"):
-        chat = chat_bio.Chat(ScriptedModel(1, [EOT]), max_new_tokens=4, temperature=0)
+        chat = Chat(ScriptedModel(1, [EOT]), max_new_tokens=4, temperature=0)
         chat.history = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
         lines = iter(["clear", quit_word, "never read"])
         out = []
@@ -66,9 +67,9 @@ def test_bare_and_slash_commands_as_in_the_original():
 
 
 def test_default_reply_length_fits_the_context():
-    assert chat_bio.reply_budget(None, 1024) == 256
-    assert chat_bio.reply_budget(None, 128) == 64
-    assert chat_bio.reply_budget(100, 128) == 100
+    assert reply_budget(None, 1024) == 256
+    assert reply_budget(None, 128) == 64
+    assert reply_budget(100, 128) == 100
 
 
 def test_preset_original_and_explicit_settings_win():

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import chat_bio
+from wigglegpt.chat import Chat, MessageTooLong, fit_conversation, fit_history
 from wigglegpt import web
 from wigglegpt.checkpoint import checkpoint_dict, save_checkpoint
 from conftest import ROOT, require_module, tiny_config
@@ -78,7 +79,7 @@ def model():
 def make_chat(model, **overrides):
     settings = dict(max_new_tokens=MAX_NEW, temperature=0.0, top_k=50, top_p=0.9, repetition_penalty=1.1)
     settings.update(overrides)
-    return chat_bio.Chat(model, **settings)
+    return Chat(model, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,7 @@ def test_info_reports_the_model_and_the_terminal_defaults(model):
     require_module("fastapi", INSTALL)
     from fastapi.testclient import TestClient
     defaults = {key: chat_bio.SETTINGS[key][0] for key in ("temperature", "top_k", "top_p", "repetition_penalty")}
-    chat = chat_bio.Chat(model, system="", max_new_tokens=64, **defaults)
+    chat = Chat(model, system="", max_new_tokens=64, **defaults)
     info = TestClient(web.create_app(chat, "out/ckpt.pt")).get("/api/info").json()
     assert info["status"] == "ok" and info["model"] == "out/ckpt.pt" and info["busy"] == 0
     assert info["parameters"] == model.get_num_params() and info["context"] == BLOCK
@@ -172,7 +173,7 @@ def test_long_conversations_are_trimmed_like_the_terminal_chat(client):
     system = "You are terse."
     events = parse_events(client.post("/api/chat", json={
         "messages": [{"role": "system", "content": system}] + messages}).text)
-    kept, ids = chat_bio.fit_history(system, messages, BLOCK - MAX_NEW)
+    kept, ids = fit_history(system, messages, BLOCK - MAX_NEW)
     assert events[0][1]["dropped_messages"] == len(messages) - len(kept) > 0
     assert events[0][1]["prompt_tokens"] == len(ids) <= BLOCK - MAX_NEW
     assert events[-1][0] == "done"
@@ -190,12 +191,12 @@ def test_cheap_trimming_keeps_exactly_what_fit_history_keeps():
         system = rng.choice(["", "Be kind. " * rng.randint(1, 8)])
         budget = rng.randint(20, 200)
         try:
-            expected = chat_bio.fit_history(system, messages, budget)
-        except chat_bio.MessageTooLong:
-            with pytest.raises(chat_bio.MessageTooLong):
-                web.fit_conversation(system, messages, budget)
+            expected = fit_history(system, messages, budget)
+        except MessageTooLong:
+            with pytest.raises(MessageTooLong):
+                fit_conversation(system, messages, budget)
             continue
-        assert web.fit_conversation(system, messages, budget) == expected, trial
+        assert fit_conversation(system, messages, budget) == expected, trial
 
 
 def test_a_very_long_conversation_is_trimmed_quickly(client):

@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 
-from wigglegpt import gpu
+from wigglegpt import common, gpu
 import train_bio
 from conftest import require_module, tiny_config
 from wigglegpt.engine import generate
@@ -26,7 +26,7 @@ DTYPES = ["float16", "bfloat16"]
 
 
 def skip_without_bf16(dtype):
-    if dtype == "bfloat16" and not gpu.has_native_bf16("cuda"):
+    if dtype == "bfloat16" and not common.has_native_bf16("cuda"):
         pytest.skip(f"{torch.cuda.get_device_name()} has no hardware bfloat16")
 
 

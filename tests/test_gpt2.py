@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import wigglegpt.hf
-from wigglegpt import checkpoint
+from wigglegpt import checkpoint, loader
 from conftest import ROOT, require_module
 from model_bio import GPT
 from wigglegpt.common import UserError
@@ -76,7 +76,7 @@ def test_folder_loads_with_the_same_logits(gpt2_folder):
     assert wigglegpt.hf.is_gpt2_source("openai-community/gpt2-medium")
     assert not wigglegpt.hf.is_gpt2_source("resume") and not wigglegpt.hf.is_gpt2_source(os.path.join(gpt2_folder, "x.pt"))
     assert not wigglegpt.hf.is_gpt2_source(os.path.dirname(gpt2_folder))  # a folder without config.json
-    model, ckpt, source = checkpoint.load_model_from(gpt2_folder, device="cpu", dropout=0.1)
+    model, ckpt, source = loader.load_model_from(gpt2_folder, device="cpu", dropout=0.1)
     assert ckpt is None and source == gpt2_folder and model.config.dropout == 0.1
     hf = transformers.GPT2LMHeadModel.from_pretrained(gpt2_folder).eval()
     idx = torch.randint(0, VOCAB, (1, 64), generator=torch.Generator().manual_seed(2))
@@ -99,11 +99,11 @@ def test_unsupported_variants_are_clear_errors():
 
 def test_resolution_errors(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
-        checkpoint.load_model_from("resume", str(tmp_path))
+        loader.load_model_from("resume", str(tmp_path))
     with pytest.raises(UserError, match="no such checkpoint.*gpt2-medium"):
-        checkpoint.load_model_from(str(tmp_path / "gone.pt"))
+        loader.load_model_from(str(tmp_path / "gone.pt"))
     with pytest.raises(UserError, match="no weights"):
-        checkpoint.load_model_from("scratch")
+        loader.load_model_from("scratch")
 
 
 def test_checkpoints_without_the_field_keep_exact_gelu(tmp_path):

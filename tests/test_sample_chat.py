@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import chat_bio
+from wigglegpt.chat import Chat, MessageTooLong, fit_history
 import sample_bio
 from wigglegpt.checkpoint import checkpoint_dict, save_checkpoint
 from conftest import ROOT, ScriptedModel, tiny_config
@@ -193,22 +194,22 @@ def test_history_trimming_drops_oldest_turns_and_keeps_the_system_prompt():
     system = "You are a terse assistant."
     messages = turns(6) + [{"role": "user", "content": "the newest question"}]
     full = len(render_prompt([{"role": "system", "content": system}] + messages))
-    kept, ids = chat_bio.fit_history(system, messages, full - 10)
+    kept, ids = fit_history(system, messages, full - 10)
     assert len(ids) <= full - 10
     assert kept[-1]["content"] == "the newest question" and kept[0]["role"] == "user"
     assert kept == messages[-len(kept):] and len(kept) < len(messages)
     assert ids[:len(encode("<|system|>\n" + system))] == encode("<|system|>\n" + system)
-    kept, ids = chat_bio.fit_history(system, messages, 10**6)
+    kept, ids = fit_history(system, messages, 10**6)
     assert kept == messages
-    with pytest.raises(chat_bio.MessageTooLong):
-        chat_bio.fit_history(system, messages, 12)
+    with pytest.raises(MessageTooLong):
+        fit_history(system, messages, 12)
 
 
 def test_chat_reply_stops_at_the_closing_tag_and_reuses_the_cache():
     reply = encode("Fine, thanks.") + encode("\n<|/assistant|>") + encode(" never shown")
     prompt_len = len(render_prompt([{"role": "user", "content": "How are you?"}]))
     model = ScriptedModel(prompt_len, reply, block_size=256)
-    chat = chat_bio.Chat(model, max_new_tokens=32, temperature=0)
+    chat = Chat(model, max_new_tokens=32, temperature=0)
     written = []
     assert chat.respond("How are you?", written.append) == "Fine, thanks."
     assert "".join(written) == "Fine, thanks."
@@ -221,7 +222,7 @@ def test_chat_reply_stops_at_the_closing_tag_and_reuses_the_cache():
 
 def test_chat_drops_old_turns_when_the_context_fills():
     model = tiny_model()
-    chat = chat_bio.Chat(model, system="Be brief.", max_new_tokens=8, temperature=0)
+    chat = Chat(model, system="Be brief.", max_new_tokens=8, temperature=0)
     for i in range(6):
         chat.respond(f"message {i} with some words in it", lambda piece: None)
         assert len(render_prompt([{"role": "system", "content": "Be brief."}] + chat.history)) <= BLOCK
@@ -229,7 +230,7 @@ def test_chat_drops_old_turns_when_the_context_fills():
 
 
 def test_repl_commands_and_quit():
-    chat = chat_bio.Chat(tiny_model(), max_new_tokens=4, temperature=0)
+    chat = Chat(tiny_model(), max_new_tokens=4, temperature=0)
     lines = iter(["/help", "/system Talk like a pirate.", "hello", "/clear", "/nope", "quit", "never read"])
     out = []
     chat_bio.repl(chat, read=lambda prompt: next(lines), write=out.append)
@@ -240,7 +241,7 @@ def test_repl_commands_and_quit():
 
 
 def test_repl_leaves_on_ctrl_d_and_survives_ctrl_c_at_the_prompt():
-    chat = chat_bio.Chat(tiny_model(), max_new_tokens=4, temperature=0)
+    chat = Chat(tiny_model(), max_new_tokens=4, temperature=0)
     events = iter([KeyboardInterrupt, "/system", EOFError])
 
     def read(prompt):
@@ -257,7 +258,7 @@ def test_repl_leaves_on_ctrl_d_and_survives_ctrl_c_at_the_prompt():
 def test_piped_replies_with_line_breaks_stay_on_one_line():
     reply = encode("line one\nline two\r\nthree") + [EOT]
     prompt_len = len(render_prompt([{"role": "user", "content": "hi"}]))
-    chat = chat_bio.Chat(ScriptedModel(prompt_len, reply, block_size=256), max_new_tokens=32, temperature=0)
+    chat = Chat(ScriptedModel(prompt_len, reply, block_size=256), max_new_tokens=32, temperature=0)
     out = []
     chat_bio.answer_lines(chat, ["hi\n"], write=out.append)
     assert "".join(out) == "line one line two  three\n"

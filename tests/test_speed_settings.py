@@ -14,6 +14,7 @@ import torch
 
 import model_bio
 import train_bio
+from wigglegpt import oscillate_triton
 from conftest import require_module, tiny_config
 from model_bio import GPT, GPTConfig
 from wigglegpt.common import UserError
@@ -67,12 +68,12 @@ def test_compile_choice(monkeypatch):
     monkeypatch.setattr(model_bio, "_KERNEL_CHOICES", {})
     assert train_bio.compile_choice(False, "cuda") == (False, "")
     assert train_bio.compile_choice(True, "cpu") == (True, "")
-    monkeypatch.setattr(model_bio.oscillate_triton, "available", lambda device_type: (False, "Triton is missing"))
+    monkeypatch.setattr(oscillate_triton, "available", lambda device_type: (False, "Triton is missing"))
     use, note = train_bio.compile_choice("auto", "cuda")
     assert not use and "Triton is missing" in note and "pip install triton" in note
     with pytest.raises(UserError, match="compile=True needs a working Triton"):
         train_bio.compile_choice(True, "cuda")
-    monkeypatch.setattr(model_bio.oscillate_triton, "available", lambda device_type: (True, "Triton kernel"))
+    monkeypatch.setattr(oscillate_triton, "available", lambda device_type: (True, "Triton kernel"))
     assert train_bio.compile_choice("auto", "cuda")[0] is True
 
 
@@ -80,11 +81,13 @@ def test_activation_choice(monkeypatch):
     monkeypatch.setattr(model_bio, "_KERNEL_CHOICES", {})  # decisions are kept per process: start afresh
     assert train_bio.activation_choice(tiny_config(use_bio_mlp=False), "cpu").startswith("GELU")
     assert train_bio.activation_choice(tiny_config(activation_kernel="torch"), "cuda").startswith("PyTorch ops")
-    monkeypatch.setattr(model_bio.oscillate_triton, "available", lambda device_type: (False, "no Triton here"))
+    monkeypatch.setattr(oscillate_triton, "available", lambda device_type: (False, "no Triton here"))
+    monkeypatch.setattr(model_bio, "kernel_problem", lambda device_type: "no Triton here")
     with pytest.raises(UserError, match="no Triton here"):
         train_bio.activation_choice(tiny_config(activation_kernel="triton"), "cuda")
     assert "no Triton here" in train_bio.activation_choice(tiny_config(), "cuda")
-    monkeypatch.setattr(model_bio.oscillate_triton, "available", lambda device_type: (True, "Triton 9 kernel"))
+    monkeypatch.setattr(oscillate_triton, "available", lambda device_type: (True, "Triton 9 kernel"))
+    monkeypatch.setattr(model_bio, "kernel_problem", lambda device_type: None)
     monkeypatch.setattr(model_bio, "_KERNEL_CHOICES", {})
     assert train_bio.activation_choice(tiny_config(), "cuda") == "fused Triton kernel (Triton 9 kernel)"
     assert train_bio.activation_choice(tiny_config(), "cpu").startswith("PyTorch ops")  # auto: CUDA only

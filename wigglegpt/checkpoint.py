@@ -24,6 +24,7 @@ from dataclasses import asdict, fields
 import torch
 
 from model_bio import GPT, GPTConfig
+from wigglegpt import oscillate_triton  # noqa: F401  (registers the fused op wigglegpt::oscillate that GPT uses)
 from wigglegpt.common import UserError, write_error
 
 FORMAT = "wigglegpt-bio/1"
@@ -183,26 +184,3 @@ def model_with_weights(config, state, source, **overrides):
         lines = [l.strip() for l in str(e).splitlines() if "size mismatch" in l]
         raise CheckpointError(f"weights in {source} do not fit its config: {lines[0] if lines else e}") from None
     return model
-
-
-def load_model_from(init_from, out_dir="out", device="cpu", **overrides):
-    """The model init_from names, for every script that starts from existing weights:
-    'resume' (out_dir/ckpt.pt), a checkpoint file, or GPT-2 (a name such as 'gpt2' or a
-    save_pretrained folder; see wigglegpt.hf). Returns (model, ckpt dict or None for GPT-2, source
-    path or name); overrides as in load_model."""
-    from wigglegpt import hf  # transformers itself is imported only when GPT-2 is really loaded
-    if init_from == "resume":
-        path = os.path.join(out_dir, "ckpt.pt")
-        if not os.path.exists(path):
-            raise CheckpointError(f"init_from='resume' but {path} does not exist; point --out_dir at the run's "
-                                  "folder, or give a checkpoint file or GPT-2 name as init_from")
-        return (*load_model(path, device, **overrides), path)
-    if hf.is_gpt2_source(init_from):
-        return hf.load_gpt2(init_from, device, **overrides), None, init_from
-    if init_from == "scratch":
-        raise CheckpointError("init_from='scratch' has no weights to load; give 'resume', a checkpoint file or a GPT-2 name")
-    if not os.path.exists(init_from):
-        raise CheckpointError(f"init_from={init_from!r}: no such checkpoint (file not found); use 'resume' (out_dir/ckpt.pt), a "
-                              f"checkpoint file, a GPT-2 name ({', '.join(hf.GPT2_NAMES)}) or a folder written "
-                              "by transformers' save_pretrained")
-    return (*load_model(init_from, device, **overrides), init_from)

@@ -78,16 +78,14 @@ def pick_dtype(requested, device):
     same mixed-precision code path as a GPU, so it can be tested anywhere)."""
     if requested == "auto":
         if device.startswith("cuda"):
-            from wigglegpt import gpu
-            return "bfloat16" if gpu.has_native_bf16(device) else "float16"
+            return "bfloat16" if has_native_bf16(device) else "float16"
         return "float32"
     if requested not in ("float32", "bfloat16", "float16"):
         raise UserError(f"unknown dtype {requested!r}; use auto, float32, bfloat16 or float16")
     if requested == "bfloat16" and device.startswith("cuda"):
-        from wigglegpt import gpu
-        if not gpu.has_native_bf16(device):
+        if not has_native_bf16(device):
             import torch
-            name = torch.cuda.get_device_name(gpu.cuda_index(device))
+            name = torch.cuda.get_device_name(cuda_index(device))
             raise UserError(f"{name} has no hardware bfloat16 (compute capability below 8.0; torch would "
                             "emulate it, slowly); use --dtype=float16 or --dtype=auto")
     return requested
@@ -100,3 +98,33 @@ def autocast_for(device, dtype):
     if dtype == "float32":
         return nullcontext()
     return torch.autocast(device_type=device_type, dtype=getattr(torch, dtype))
+
+
+
+def cuda_index(device):
+    """'cuda' -> the current device, 'cuda:N' -> N."""
+    import torch
+    _, _, index = device.partition(":")
+    return int(index) if index else torch.cuda.current_device()
+
+
+def has_native_bf16(device):
+    """True when the GPU computes bf16 in hardware (compute capability 8.0+: Ampere and newer).
+    torch.cuda.is_bf16_supported() also says True on Turing/Volta (T4, V100, RTX 20xx, GTX 16xx),
+    where bf16 is emulated and far slower than fp16."""
+    import torch
+    return torch.cuda.get_device_capability(cuda_index(device)) >= (8, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# standard output of the scripts that stream text
+
+def prepare_stdout():
+    """Characters the terminal cannot show become '?' instead of an exception."""
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="replace")
+
+
+def write_stdout(text):
+    sys.stdout.write(text)
+    sys.stdout.flush()  # show each piece as it is made

@@ -29,6 +29,16 @@ from wigglegpt.tokenizer import StreamDecoder
 # ---------------------------------------------------------------------------------------
 # logits -> next token
 
+# the sampling options, one dict from the settings through to generate (sample, chat and the web
+# chat pass it on as it is): a new option is added here, in check_options, sampling_settings and generate
+SAMPLING = ("temperature", "top_k", "top_p", "repetition_penalty", "repetition_window")
+
+
+def sampling_options(cfg):
+    """{option: value} of the SAMPLING options in a settings namespace."""
+    return {key: getattr(cfg, key) for key in SAMPLING}
+
+
 def check_options(max_new_tokens=0, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
                   repetition_window=0):
     """Raise a UserError naming the first sampling option that makes no sense."""

@@ -37,23 +37,6 @@ N_ENDINGS = 4
 
 
 # ---------------------------------------------------------------------------------------
-# the model to evaluate
-
-def load_eval_model(ckpt="", init_from="", device="cpu"):
-    """(model in eval mode on device, its name): a checkpoint file (this project's or the
-    original WiggleGPT format) or init_from -- 'gpt2' and friends, a save_pretrained folder, a
-    checkpoint file -- resolved by checkpoint.load_model_from, as sample and chat do."""
-    if bool(ckpt) == bool(init_from):
-        raise UserError("give exactly one model: --ckpt=path/to/ckpt.pt or --init_from=gpt2 (gpt2-medium, ...)")
-    from wigglegpt.checkpoint import load_model, load_model_from
-    if ckpt:
-        model, _ = load_model(ckpt, device, dropout=0.0)
-        return model.eval(), ckpt
-    model, _, source = load_model_from(init_from, device=device, dropout=0.0)
-    return model.eval(), source
-
-
-# ---------------------------------------------------------------------------------------
 # bytes per token
 
 _BYTE_TABLES = {}

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from wigglegpt.common import UserError
+from wigglegpt.common import UserError, cuda_index
 
 # ---------------------------------------------------------------------------------------
 # peak FLOP/s: dense (no 2:4 sparsity) bf16/fp16 tensor-core rates, from NVIDIA's data sheets
@@ -136,22 +136,6 @@ def unknown_peak_hint(device):
     name = device_name(device) or device
     return (f"MFU unknown: no peak FLOP/s on record for {name}; set --peak_flops to its dense "
             "bf16/fp16 tensor FLOP/s (e.g. --peak_flops=40.6e12 for an RTX 3070) to see it")
-
-
-# ---------------------------------------------------------------------------------------
-# devices and real bfloat16
-
-def cuda_index(device):
-    """'cuda' -> the current device, 'cuda:N' -> N."""
-    _, _, index = device.partition(":")
-    return int(index) if index else torch.cuda.current_device()
-
-
-def has_native_bf16(device):
-    """True when the GPU computes bf16 in hardware (compute capability 8.0+: Ampere and newer).
-    torch.cuda.is_bf16_supported() also says True on Turing/Volta (T4, V100, RTX 20xx, GTX 16xx),
-    where bf16 is emulated and far slower than fp16."""
-    return torch.cuda.get_device_capability(cuda_index(device)) >= (8, 0)
 
 
 # ---------------------------------------------------------------------------------------

@@ -26,17 +26,16 @@ import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from chat_bio import STOP_STRINGS, fit_history
+from wigglegpt.chat import STOP_STRINGS, fit_conversation
 from wigglegpt.checkpoint import unwrap
-from wigglegpt.engine import check_options, generate, stream_text
+from wigglegpt.engine import SAMPLING, check_options, generate, stream_text
 from wigglegpt.common import UserError
-from wigglegpt.tokenizer import ASSISTANT_START, EOT, VOCAB_SIZE, encode, get_tokenizer, render_prompt
+from wigglegpt.tokenizer import EOT, VOCAB_SIZE, get_tokenizer
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_web.html")
 INSTALL = "pip install -r requirements-optional.txt"
 MAX_BODY_BYTES = 1 << 20  # far above any conversation a context of a few thousand tokens can use
 MAX_MESSAGES = 1000
-SAMPLING = ("temperature", "top_k", "top_p", "repetition_penalty", "repetition_window")  # engine.generate's
 OPTIONS = SAMPLING + ("max_new_tokens", "seed")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 KEEPALIVE_S = 5.0  # a comment line while a reply waits its turn keeps proxies from timing out
@@ -118,8 +117,7 @@ def read_options(data, defaults, block_size):
     if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
         raise BadRequest(f"seed must be a whole number in [0, 2**63) or null, got {seed!r}")
     try:
-        check_options(max_new_tokens, options["temperature"], options["top_k"], options["top_p"],
-                      options["repetition_penalty"], options["repetition_window"])
+        check_options(max_new_tokens, **{key: options[key] for key in SAMPLING})
     except UserError as e:
         raise BadRequest(str(e)) from None
     if not 1 <= max_new_tokens < block_size:
@@ -137,33 +135,6 @@ def read_chat_request(data, defaults, block_size):
         raise BadRequest(f"unknown field {unknown[0]!r}; known: messages, {', '.join(OPTIONS)}")
     system, messages = read_messages(data.get("messages"))
     return system, messages, read_options(data, defaults, block_size)
-
-
-def droppable_prefix(messages, budget):
-    """How many of the oldest messages can be left out before fit_history sees the conversation
-    without changing what it keeps.
-
-    fit_history re-renders the whole prompt for every turn it drops, which is slow for a long
-    conversation; this encodes only the newest messages, once each. It returns the last place
-    where fit_history's trimming would start a kept conversation (the first message, a user
-    message, or the newest) whose messages already need more than budget tokens: fit_history
-    drops everything before it too, so starting there gives the same result.
-    """
-    header = len(encode(f"{ASSISTANT_START}\n"))
-    total = header
-    for i in range(len(messages) - 1, -1, -1):
-        total += len(render_prompt([messages[i]])) - header  # the template encodes turn by turn
-        if total > budget:
-            while i and i < len(messages) - 1 and messages[i]["role"] == "assistant":
-                i -= 1
-            return i
-    return 0
-
-
-def fit_conversation(system, messages, budget):
-    """fit_history's (kept messages, prompt ids), cheap also for very long conversations."""
-    start = droppable_prefix(messages, budget)
-    return fit_history(system, messages[start:], budget)
 
 
 # ---------------------------------------------------------------------------------------

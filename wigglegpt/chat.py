@@ -1,0 +1,113 @@
+"""
+A conversation with the model: the chat template's prompt trimmed to fit the context (oldest
+turns first, the system prompt kept), the stop strings, and the KV cache carried across turns.
+chat_bio.py (terminal) and wigglegpt/web.py (browser) both talk through a Chat.
+"""
+
+from wigglegpt.common import UserError
+from wigglegpt.engine import TokenCache, generate, stream_text
+from wigglegpt.tokenizer import ASSISTANT_END, ASSISTANT_START, EOT, USER_START, VOCAB_SIZE, encode, render_prompt
+
+# the template puts a newline before the closing tag; stopping at it keeps it out of the reply.
+# A reply that runs on into a user turn of its own ends there too.
+STOP_STRINGS = ("\n" + ASSISTANT_END, ASSISTANT_END, "\n" + USER_START, USER_START)
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+class MessageTooLong(UserError):
+    """The newest message does not fit the context even without any history."""
+
+
+def fit_history(system, messages, budget):
+    """Drop the oldest user/assistant turns until the prompt fits in budget tokens.
+
+    messages: the conversation without the system prompt, ending with the new user message
+    (always kept, as is the system prompt). Returns (kept messages, prompt ids).
+    """
+    kept = list(messages)
+    head = [{"role": "system", "content": system}] if system.strip() else []
+    while True:
+        ids = render_prompt(head + kept)
+        if len(ids) <= budget:
+            return kept, ids
+        if len(kept) <= 1:
+            raise MessageTooLong(f"the message makes a prompt of {len(ids)} tokens; {budget} fit "
+                                 "(the context minus max_new_tokens)")
+        kept.pop(0)
+        while len(kept) > 1 and kept[0]["role"] == "assistant":  # a turn goes as a whole
+            kept.pop(0)
+
+
+class Chat:
+    """One conversation: the system prompt, the turns so far, and the KV cache across turns."""
+
+    def __init__(self, model, system="", max_new_tokens=256, seed=None, autocast=None, **sampling):
+        block_size = model.config.block_size
+        if max_new_tokens >= block_size:
+            raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the "
+                            f"model's context of {block_size} tokens")
+        self.model, self.system, self.history = model, system, []
+        self.budget = block_size - max_new_tokens
+        self.max_new_tokens, self.seed, self.autocast, self.sampling = max_new_tokens, seed, autocast, sampling
+        self.cache = TokenCache(model)
+        self.turns = 0
+
+    def clear(self):
+        self.history = []  # the cache stays: the system prompt at its start is still good
+
+    def respond(self, text, write):
+        """Answer the user message text, writing the reply as it is made; return the reply.
+
+        Raises MessageTooLong (history untouched) when text cannot fit. Ctrl-C ends the
+        reply early; what was written so far stays in the history.
+        """
+        kept, ids = fit_history(self.system, self.history + [{"role": "user", "content": text}], self.budget)
+        self.history = kept
+        seed = None if self.seed is None else self.seed + self.turns
+        self.turns += 1
+        tokens = generate(self.model, ids, self.max_new_tokens, stop_tokens=(EOT,), seed=seed,
+                          vocab_size=VOCAB_SIZE, cache=self.cache, autocast=self.autocast, **self.sampling)
+        pieces = []
+        try:
+            for piece in stream_text(tokens, STOP_STRINGS):
+                write(piece)
+                pieces.append(piece)
+        except KeyboardInterrupt:
+            pass  # the cache notices an interrupted forward by itself (TokenCache.reusable)
+        reply = "".join(pieces)
+        if reply.strip():  # the template has no empty turns
+            # kept stripped, as the original chat.py kept it: later prompts are that one's, id for id
+            self.history.append({"role": "assistant", "content": reply.strip()})
+        return reply
+
+
+def droppable_prefix(messages, budget):
+    """How many of the oldest messages can be left out before fit_history sees the conversation
+    without changing what it keeps.
+
+    fit_history re-renders the whole prompt for every turn it drops, which is slow for a long
+    conversation; this encodes only the newest messages, once each. It returns the last place
+    where fit_history's trimming would start a kept conversation (the first message, a user
+    message, or the newest) whose messages already need more than budget tokens: fit_history
+    drops everything before it too, so starting there gives the same result.
+    """
+    header = len(encode(f"{ASSISTANT_START}\n"))
+    total = header
+    for i in range(len(messages) - 1, -1, -1):
+        total += len(render_prompt([messages[i]])) - header  # the template encodes turn by turn
+        if total > budget:
+            while i and i < len(messages) - 1 and messages[i]["role"] == "assistant":
+                i -= 1
+            return i
+    return 0
+
+
+def fit_conversation(system, messages, budget):
+    """fit_history's (kept messages, prompt ids), cheap also for very long conversations."""
+    start = droppable_prefix(messages, budget)
+    return fit_history(system, messages[start:], budget)
+
+
+def reply_budget(max_new_tokens, block_size):
+    """max_new_tokens as given, or (None) the default that still leaves the prompt half the context."""
+    return max_new_tokens if max_new_tokens is not None else min(DEFAULT_MAX_NEW_TOKENS, block_size // 2)

@@ -1,0 +1,56 @@
+"""
+The one way every script loads a model to train, sample, chat with or evaluate: --init_from
+names it ('resume', a checkpoint file, GPT-2), --ckpt=FILE is the older spelling of
+--init_from=FILE.
+"""
+
+import os
+
+from wigglegpt import checkpoint, hf
+from wigglegpt.common import UserError
+from wigglegpt.tokenizer import VOCAB_SIZE
+
+INIT_FROM_MEANING = ("'resume' (out_dir/ckpt.pt), a checkpoint file, or GPT-2: gpt2, gpt2-medium, gpt2-large, "
+                     "gpt2-xl or a transformers save_pretrained folder")
+
+
+def model_source(ckpt, init_from, default="resume"):
+    """The model --ckpt and --init_from name (init_from's default is the script's): one of them."""
+    if ckpt and init_from and init_from != default:
+        raise UserError(f"--ckpt={ckpt} and --init_from={init_from} both name the model; give one")
+    source = ckpt or init_from
+    if not source:
+        raise UserError("give exactly one model: --ckpt=path/to/ckpt.pt or --init_from=gpt2 (gpt2-medium, ...)")
+    return source
+
+
+def load_model_from(init_from, out_dir="out", device="cpu", **overrides):
+    """The model init_from names, for every script that starts from existing weights:
+    'resume' (out_dir/ckpt.pt), a checkpoint file, or GPT-2 (a name such as 'gpt2' or a
+    save_pretrained folder; see wigglegpt.hf). Returns (model, ckpt dict or None for GPT-2, source
+    path or name); overrides as in load_model."""
+    if init_from == "resume":
+        path = os.path.join(out_dir, "ckpt.pt")
+        if not os.path.exists(path):
+            raise checkpoint.CheckpointError(f"init_from='resume' but {path} does not exist; point --out_dir at the run's "
+                                  "folder, or give a checkpoint file or GPT-2 name as init_from")
+        return (*checkpoint.load_model(path, device, **overrides), path)
+    if hf.is_gpt2_source(init_from):
+        return hf.load_gpt2(init_from, device, **overrides), None, init_from
+    if init_from == "scratch":
+        raise checkpoint.CheckpointError("init_from='scratch' has no weights to load; give 'resume', a checkpoint file or a GPT-2 name")
+    if not os.path.exists(init_from):
+        raise checkpoint.CheckpointError(f"init_from={init_from!r}: no such checkpoint (checkpoint not found); use 'resume' (out_dir/ckpt.pt), a "
+                              f"checkpoint file, a GPT-2 name ({', '.join(hf.GPT2_NAMES)}) or a folder written "
+                              "by transformers' save_pretrained")
+    return (*checkpoint.load_model(init_from, device, **overrides), init_from)
+
+
+def load_for_inference(init_from, out_dir="out", device="cpu", needs_tokenizer=""):
+    """(model in eval mode, where it came from) for sampling, chat and evaluation. needs_tokenizer
+    names what needs GPT-2's token ids (e.g. 'sampling'): a smaller vocabulary is then a UserError."""
+    model, _, source = load_model_from(init_from, out_dir, device, dropout=0.0)
+    if needs_tokenizer and model.config.vocab_size < VOCAB_SIZE:
+        raise UserError(f"{source} has vocab_size {model.config.vocab_size}; {needs_tokenizer} needs the GPT-2 "
+                        f"tokenizer's {VOCAB_SIZE} ids")
+    return model.eval(), source
