@@ -26,7 +26,6 @@ train_loop, batch_auto, fp16); --quick does not apply.
 import contextlib
 import dataclasses
 import gc
-import io
 import json
 import os
 import platform
@@ -38,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -809,37 +807,38 @@ def part_activation_speed(check):
                f"forward {forward:.0f} + backward {backward:.0f}, every aten op's tensors counted (TorchDispatchMode)")
 
 
-def _counting_syncs(fn, counts, starts, cuda):
-    """fn, wrapped to append the synchronizing CUDA calls torch's sync debug mode reports during
-    each call to counts (and the call's start time to starts). Off CUDA nothing is counted."""
-    def wrapper(*args, **kwargs):
-        starts.append(time.perf_counter())
-        if not cuda:
-            return fn(*args, **kwargs)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")  # every one, not once per place
-            torch.cuda.set_sync_debug_mode("warn")
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-                counts.append(sum("synchroniz" in str(w.message) for w in caught))
-    return wrapper
+# The real loop runs in a process of its own (python train_bio.py would, too): this driver wraps
+# train_bio's train_step and log_iteration to count the GPU syncs torch's sync debug mode reports
+# in each call and to time the starts, then writes them beside the run's metrics.jsonl.
+TRAIN_LOOP_DRIVER = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import train_bio
+from wigglegpt.gpu import counting_syncs
+settings, out_path = json.loads(sys.argv[2]), sys.argv[3]
+cuda = settings["device"].startswith("cuda")
+counts = {"step": [], "log": [], "starts": []}
+train_bio.train_step = counting_syncs(train_bio.train_step, counts["step"], counts["starts"], cuda)
+train_bio.log_iteration = counting_syncs(train_bio.log_iteration, counts["log"], [], cuda)
+train_bio.train(settings)
+with open(out_path, "w") as f:
+    json.dump(counts, f)
+"""
 
 
 def part_train_loop(check):
-    """The real loop: train_bio.train for a few iterations on random tokens in a temp folder, the
-    model and batch of the training part, against the bare step measured there; and the GPU syncs
-    per iteration in train_step and log_iteration."""
+    """The real loop: train_bio.py's train for a few iterations on random tokens in a temp folder
+    (in a process of its own), the model and batch of the training part, against the bare step
+    measured there; and the GPU syncs per iteration in train_step and log_iteration."""
     import numpy as np
 
     import model_bio
-    import train_bio
+    from wigglegpt import gpu
     device, cfg, s = check.device, check.config, check.sizes
     cuda = device.startswith("cuda")
     measured = check.figures.get("training", {})
     T, iters, warm = cfg.block_size, s["loop_iters"], s["loop_warm"]
-    compiled = train_bio.compile_choice("auto", device)[0]  # what train_bio will do here
+    compiled = gpu.compile_choice("auto", device)[0]  # what train_bio will do here
     kernel = model_bio.uses_kernel(cfg.activation_kernel, _device_type(device))
     bare_mode = "compiled" if compiled else "eager kernel" if kernel else "eager"
     bare = measured.get(("Wiggle" if cfg.use_bio_mlp else "GELU", bare_mode))
@@ -852,7 +851,7 @@ def part_train_loop(check):
         for split in ("train", "val"):
             ids = rng.integers(0, min(cfg.vocab_size, 50257), n_tokens, dtype=np.uint16)  # GPT-2's ids
             ids.tofile(os.path.join(folder, f"{split}.bin"))
-        settings = {f: getattr(cfg, f) for f in train_bio.MODEL_FIELDS if f in train_bio.SETTINGS}
+        settings = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
         settings.update(data_root=os.path.join(tmp, "data"), dataset="random", out_dir=os.path.join(tmp, "out"),
                         device=device, max_iters=iters, eval_interval=iters, eval_iters=1, log_interval=1,
                         always_save_checkpoint=False, seed=0)
@@ -861,15 +860,15 @@ def part_train_loop(check):
                             gradient_checkpointing=measured.get("checkpointing", False))
         else:  # not measured (skipped, or --only): train_bio's own search
             settings.update(batch_size="auto", tokens_per_iter=s["max_batch"] * T)
-        step_syncs, log_syncs, starts = [], [], []
-        real_step, real_log = train_bio.train_step, train_bio.log_iteration
-        train_bio.train_step = _counting_syncs(real_step, step_syncs, starts, cuda)
-        train_bio.log_iteration = _counting_syncs(real_log, log_syncs, [], cuda)
-        try:
-            with contextlib.redirect_stdout(io.StringIO()):  # its log lines; the rows tell
-                train_bio.train(settings)
-        finally:
-            train_bio.train_step, train_bio.log_iteration = real_step, real_log
+        counts_path = os.path.join(tmp, "syncs.json")
+        child = subprocess.run([sys.executable, "-c", TRAIN_LOOP_DRIVER, HERE, json.dumps(settings), counts_path],
+                               capture_output=True, text=True)  # its log lines stay there; the rows tell
+        if child.returncode != 0:
+            lines = (child.stderr or child.stdout).strip().splitlines()
+            raise RuntimeError(f"train_bio.py failed: {lines[-1] if lines else child.returncode}")
+        with open(counts_path, encoding="utf-8") as f:
+            counts = json.load(f)
+        step_syncs, log_syncs, starts = counts["step"], counts["log"], counts["starts"]
         with open(os.path.join(settings["out_dir"], "metrics.jsonl"), encoding="utf-8") as f:
             records = [json.loads(line) for line in f]
     start = records[0]
@@ -880,7 +879,8 @@ def part_train_loop(check):
     loop = statistics.median(r["tokens_per_sec"] for r in train)
     gaps = [b - a for a, b in zip(starts[warm:], starts[warm + 1:])]  # train_step start to the next one's
     wall = tokens / statistics.median(gaps) if gaps else None
-    shape = (f"B={start['config']['batch_size']} x {start['config']['gradient_accumulation_steps']}, T={T}, "
+    used = {**start['config'], **start['derived']}  # the settings as given, and what the run found
+    shape = (f"B={used['batch_size']} x {used['gradient_accumulation_steps']}, T={T}, "
              f"{start['dtype']}, {'compiled' if compiled else 'eager'}, iterations {warm}-{iters - 1}")
     if bare is not None:
         yield ("train_bio loop / bare step tokens/s", f"{loop / bare[0]:.2f}x", ">= 0.95x",

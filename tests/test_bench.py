@@ -181,12 +181,12 @@ def test_sync_counter_counts_the_sync_warnings_of_each_call(monkeypatch):
         return "done"
 
     counts, starts = [], []
-    wrapped = bench_bio._counting_syncs(step, counts, starts, cuda=True)
+    wrapped = gpu.counting_syncs(step, counts, starts, cuda=True)
     assert wrapped() == "done" and counts == [2] and modes == ["warn", "default"]
     with pytest.raises(ValueError):
         wrapped(fail=True)
     assert counts == [2, 2] and modes[-1] == "default" and len(starts) == 2
-    off = bench_bio._counting_syncs(step, counts, starts, cuda=False)
+    off = gpu.counting_syncs(step, counts, starts, cuda=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert off() == "done"

@@ -17,6 +17,7 @@ import train_bio
 from conftest import require_module, tiny_config
 from wigglegpt.engine import generate
 from model_bio import GPT
+from wigglegpt.distributed import Dist
 from wigglegpt.common import autocast_for, pick_dtype
 from test_train import metrics, tiny
 
@@ -49,7 +50,7 @@ def test_training_steps_in_mixed_precision(tmp_path, dtype, capsys):
 def test_fused_adamw_and_pinned_batches(tmp_path, monkeypatch):
     s = train_bio.as_settings(tiny(tmp_path, device="cuda"))
     train_bio.check_settings(s)
-    run = train_bio.setup_run(s, train_bio.Dist(), "cuda")
+    run = train_bio.setup_run(s, Dist(), "cuda")
     assert run.optimizer.defaults["fused"] is True
     pinned = []
     real_pin = torch.Tensor.pin_memory

@@ -397,7 +397,8 @@ def test_batch_size_auto_keeps_the_tokens_per_iteration(tmp_path, monkeypatch, c
     assert "batch_size 8 does not fit: estimated" in out and "batch_size 4 does not fit" in out
     assert summary["tokens"] == 2 * 128
     records = metrics(s["out_dir"])
-    assert records[0]["config"]["batch_size"] == 2 and records[0]["config"]["gradient_accumulation_steps"] == 4
+    assert records[0]["config"]["batch_size"] == "auto"  # the settings as given; what the run found beside them
+    assert records[0]["derived"]["batch_size"] == 2 and records[0]["derived"]["gradient_accumulation_steps"] == 4
     # no peak known for a CPU: MFU is unknown, never a made-up number
     assert "note: MFU unknown" in out and "mfu unknown" in out
     assert [r["mfu"] for r in records if r["kind"] == "train"] == [None, None]

@@ -17,7 +17,7 @@ import types
 import pytest
 import torch
 
-from wigglegpt import optim
+from wigglegpt import compat, optim
 import train_bio
 from conftest import tiny_config
 from model_bio import GPT
@@ -172,9 +172,12 @@ def test_original_config_files_run(name, text, demo_data):
 
 
 def settings(**given):
+    """The settings a run uses: as given (checked, never changed), with the aliases resolved beside them."""
     s = train_bio.as_settings(given)
+    before = dict(vars(s))
     train_bio.check_settings(s)
-    return s
+    assert vars(s) == before  # checks only check
+    return types.SimpleNamespace(**{**vars(s), **compat.resolved_aliases(s)})
 
 
 def test_original_setting_names_keep_their_meaning():

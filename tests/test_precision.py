@@ -17,6 +17,7 @@ from wigglegpt import checkpoint
 import train_bio
 from conftest import ROOT
 from wigglegpt.settings import load_settings
+from wigglegpt.distributed import Dist
 from test_train import load, metrics, tiny
 
 
@@ -62,7 +63,7 @@ def test_demo_learns_in_mixed_precision_and_samples_under_it(tmp_path, dtype, ca
 def fp16_run(tmp_path, **overrides):
     s = train_bio.as_settings(tiny(tmp_path, dtype="float16", **overrides))
     train_bio.check_settings(s)
-    return train_bio.setup_run(s, train_bio.Dist(), "cpu")
+    return train_bio.setup_run(s, Dist(), "cpu")
 
 
 def test_non_finite_loss_skips_the_step_and_backs_the_scale_off(tmp_path):

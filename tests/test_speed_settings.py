@@ -14,7 +14,7 @@ import torch
 
 import model_bio
 import train_bio
-from wigglegpt import oscillate_triton
+from wigglegpt import gpu, oscillate_triton
 from conftest import require_module, tiny_config
 from model_bio import GPT, GPTConfig
 from wigglegpt.common import UserError
@@ -66,31 +66,31 @@ def test_compile_auto_runs_eager_on_the_cpu_and_says_which_path_runs(tmp_path):
 
 def test_compile_choice(monkeypatch):
     monkeypatch.setattr(model_bio, "_KERNEL_CHOICES", {})
-    assert train_bio.compile_choice(False, "cuda") == (False, "")
-    assert train_bio.compile_choice(True, "cpu") == (True, "")
+    assert gpu.compile_choice(False, "cuda") == (False, "")
+    assert gpu.compile_choice(True, "cpu") == (True, "")
     monkeypatch.setattr(oscillate_triton, "available", lambda device_type: (False, "Triton is missing"))
-    use, note = train_bio.compile_choice("auto", "cuda")
+    use, note = gpu.compile_choice("auto", "cuda")
     assert not use and "Triton is missing" in note and "pip install triton" in note
     with pytest.raises(UserError, match="compile=True needs a working Triton"):
-        train_bio.compile_choice(True, "cuda")
+        gpu.compile_choice(True, "cuda")
     monkeypatch.setattr(oscillate_triton, "available", lambda device_type: (True, "Triton kernel"))
-    assert train_bio.compile_choice("auto", "cuda")[0] is True
+    assert gpu.compile_choice("auto", "cuda")[0] is True
 
 
 def test_activation_choice(monkeypatch):
     monkeypatch.setattr(model_bio, "_KERNEL_CHOICES", {})  # decisions are kept per process: start afresh
-    assert train_bio.activation_choice(tiny_config(use_bio_mlp=False), "cpu").startswith("GELU")
-    assert train_bio.activation_choice(tiny_config(activation_kernel="torch"), "cuda").startswith("PyTorch ops")
+    assert gpu.activation_choice(tiny_config(use_bio_mlp=False), "cpu").startswith("GELU")
+    assert gpu.activation_choice(tiny_config(activation_kernel="torch"), "cuda").startswith("PyTorch ops")
     monkeypatch.setattr(oscillate_triton, "available", lambda device_type: (False, "no Triton here"))
     monkeypatch.setattr(model_bio, "kernel_problem", lambda device_type: "no Triton here")
     with pytest.raises(UserError, match="no Triton here"):
-        train_bio.activation_choice(tiny_config(activation_kernel="triton"), "cuda")
-    assert "no Triton here" in train_bio.activation_choice(tiny_config(), "cuda")
+        gpu.activation_choice(tiny_config(activation_kernel="triton"), "cuda")
+    assert "no Triton here" in gpu.activation_choice(tiny_config(), "cuda")
     monkeypatch.setattr(oscillate_triton, "available", lambda device_type: (True, "Triton 9 kernel"))
     monkeypatch.setattr(model_bio, "kernel_problem", lambda device_type: None)
     monkeypatch.setattr(model_bio, "_KERNEL_CHOICES", {})
-    assert train_bio.activation_choice(tiny_config(), "cuda") == "fused Triton kernel (Triton 9 kernel)"
-    assert train_bio.activation_choice(tiny_config(), "cpu").startswith("PyTorch ops")  # auto: CUDA only
+    assert gpu.activation_choice(tiny_config(), "cuda") == "fused Triton kernel (Triton 9 kernel)"
+    assert gpu.activation_choice(tiny_config(), "cpu").startswith("PyTorch ops")  # auto: CUDA only
 
 
 class RecordingCompile(torch.nn.Module):
@@ -120,12 +120,12 @@ def test_a_compiled_run_compiles_the_training_step_first(tmp_path, monkeypatch, 
 
 DDP_CHECK = """
 import torch, torch.distributed as dist
-import train_bio
 from conftest import tiny_config
 from model_bio import GPT
+from wigglegpt.distributed import Dist, data_parallel
 dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
 model = GPT(tiny_config(use_sparse_gate=True))
-ddp = train_bio.data_parallel(model, train_bio.Dist(True, 0, 0, 1), "cpu")
+ddp = data_parallel(model, Dist(True, 0, 0, 1), "cpu")
 assert getattr(ddp, "forward_sync_buffers", getattr(ddp, "broadcast_buffers", None)) is False
 idx = torch.randint(96, (2, 8))
 with ddp.no_sync():

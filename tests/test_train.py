@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from wigglegpt import checkpoint
+from wigglegpt.data import TokenSplit
 import train_bio
 from model_bio import GPT, GPTConfig
 from wigglegpt.common import run_main
@@ -307,7 +308,7 @@ def test_masked_targets_are_the_assistant_tokens_only(tmp_path):
     folder = tmp_path / "data" / "chat"
     learned = {5, 6, 7}
     write_tokens(folder, mask_fn=lambda t: np.isin(t, list(learned)))
-    part = train_bio.TokenSplit(str(folder), "train", masked=True)
+    part = TokenSplit(str(folder), "train", masked=True)
     x, y = part.sample(32, 16, torch.Generator().manual_seed(0))
     kept = y != -1
     assert kept.any() and set(y[kept].tolist()) <= learned  # the mask of the target token decides
@@ -317,7 +318,7 @@ def test_masked_targets_are_the_assistant_tokens_only(tmp_path):
     # windows without a single assistant target (a 0/0 loss) are drawn again
     sparse_mask = lambda t: np.arange(len(t)) >= len(t) - 40  # noqa: E731
     write_tokens(tmp_path / "data" / "rare", mask_fn=sparse_mask)
-    rare = train_bio.TokenSplit(str(tmp_path / "data" / "rare"), "train", masked=True)
+    rare = TokenSplit(str(tmp_path / "data" / "rare"), "train", masked=True)
     _, y = rare.sample(16, 16, torch.Generator().manual_seed(1))
     assert ((y != -1).sum(dim=1) > 0).all()
 

@@ -19,23 +19,21 @@ good checkpoint.
 """
 
 import os
+import random
 from dataclasses import asdict, fields
 
+import numpy as np
 import torch
 
 from model_bio import GPT, GPTConfig
 from wigglegpt import oscillate_triton  # noqa: F401  (registers the fused op wigglegpt::oscillate that GPT uses)
-from wigglegpt.common import UserError, write_error
+from wigglegpt import compat
+from wigglegpt.common import CheckpointError, write_error
+from wigglegpt.compat import clean_state_dict
+from wigglegpt.distributed import all_gather
 
 FORMAT = "wigglegpt-bio/1"
 
-# GPTConfig defaults of the original code, for fields its older checkpoints may lack
-ORIGINAL_DEFAULTS = dict(bias=True, use_bio_mlp=False, use_rmsnorm=False, use_rope=False,
-                         gradient_checkpointing=False, dropout=0.0)
-
-
-class CheckpointError(UserError):
-    """A checkpoint that is missing, unreadable or does not fit its own config."""
 
 
 def unwrap(model):
@@ -109,21 +107,7 @@ def model_config(ckpt, path="checkpoint"):
     """The GPTConfig a checkpoint was trained with (original format: legacy_rope turned on)."""
     known = {f.name for f in fields(GPTConfig)}
     if is_original_format(ckpt):
-        args = ckpt.get("model_args")
-        if not isinstance(args, dict):
-            raise CheckpointError(f"{path} has weights but no 'model_args' to rebuild the model from")
-        args = {**ORIGINAL_DEFAULTS, **{k: v for k, v in args.items() if k in known}}
-        if args.get("vocab_size") is None:
-            args["vocab_size"] = ckpt["model"]["transformer.wte.weight"].shape[0] \
-                if "transformer.wte.weight" in ckpt["model"] else 50304
-        # the original RoPE rotated q and k alike at every position: no positional signal
-        args["legacy_rope"] = bool(args.get("use_rope"))
-        # v2 saved no gate switch: its use_bio_mlp meant oscillation plus SparseEventLayer
-        keys = ckpt["model"].keys()
-        if any(k.endswith("mlp.sparse_gate.gate.weight") for k in keys):
-            args.update(use_sparse_gate=True, sparse_gate_kind="event_layer")
-        elif any(k.endswith("mlp.gate_weight") for k in keys):
-            args.update(use_sparse_gate=True, sparse_gate_kind="lightweight")
+        args = compat.original_model_args(ckpt, path, known)
     else:
         args = ckpt.get("config")
         if not isinstance(args, dict):
@@ -138,19 +122,6 @@ def model_config(ckpt, path="checkpoint"):
         return GPTConfig(**args)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad model config: {e}") from None
-
-
-def clean_state_dict(state_dict):
-    """Strip the prefixes torch.compile ('_orig_mod.') and DDP ('module.') add, and drop the
-    causal-mask buffer the original's non-flash attention kept under 'attn.bias'."""
-    clean = {}
-    for key, value in state_dict.items():
-        while key.startswith(("_orig_mod.", "module.")):
-            key = key.split(".", 1)[1]
-        if key.endswith(".attn.bias"):
-            continue
-        clean[key] = value
-    return clean
 
 
 def load_model(path, device="cpu", **overrides):
@@ -184,3 +155,66 @@ def model_with_weights(config, state, source, **overrides):
         lines = [l.strip() for l in str(e).splitlines() if "size mismatch" in l]
         raise CheckpointError(f"weights in {source} do not fit its config: {lines[0] if lines else e}") from None
     return model
+
+
+# ---------------------------------------------------------------------------------------
+# training checkpoints: the latest and the best, and every random stream for an exact resume
+
+def save_training(out_dir, ckpt, best):
+    """Write out_dir/ckpt.pt, and ckpt_best.pt when best; returns the ckpt.pt path."""
+    path = os.path.join(out_dir, "ckpt.pt")
+    save_checkpoint(ckpt, path, resume_advice(path))
+    if best:
+        keep_as_best(ckpt, path, os.path.join(out_dir, "ckpt_best.pt"))
+    return path
+
+
+def resume_advice(latest):
+    """What to do after a failed write (disk full, no permission): the run stops there."""
+    if os.path.exists(latest):
+        return f"continue from the last good {latest} with --init_from=resume"
+    return "run again"
+
+
+def keep_as_best(ckpt, latest, best):
+    """ckpt_best.pt as a hard link to the file just written (no second copy on disk); the
+    next atomic save of ckpt.pt makes a new file and leaves this one alone."""
+    tmp = f"{best}.tmp{os.getpid()}"
+    try:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        os.link(latest, tmp)
+        os.replace(tmp, best)
+    except OSError:  # a filesystem without hard links
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        save_checkpoint(ckpt, best, resume_advice(latest))
+
+
+def rng_snapshot(sampler):
+    """This process's generators as plain tensors/lists (weights_only=True cannot load numpy)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    snap = {"python": random.getstate(),
+            "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+            "torch": torch.get_rng_state(),
+            "sampler": sampler.get_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        snap["cuda"] = torch.cuda.get_rng_state_all()
+    return snap
+
+
+def restore_rng(snap, sampler):
+    random.setstate(snap["python"])
+    n = snap["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    torch.set_rng_state(snap["torch"])
+    sampler.set_state(snap["sampler"])
+    if "cuda" in snap and torch.cuda.is_available() and len(snap["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(snap["cuda"])
+
+
+def gather_rng(sampler, dist):
+    """Every process's snapshot (a collective: all ranks call it together)."""
+    return all_gather(rng_snapshot(sampler), dist)

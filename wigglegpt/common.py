@@ -4,12 +4,18 @@ and the choice of device and dtype.
 """
 
 import os
+import signal
 import sys
+import threading
 from contextlib import nullcontext
 
 
 class UserError(Exception):
     """Bad input from the user: printed as one line on stderr, exit code 2, no traceback."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint that is missing, unreadable or does not fit its own config."""
 
 
 def run_main(main):
@@ -128,3 +134,31 @@ def prepare_stdout():
 def write_stdout(text):
     sys.stdout.write(text)
     sys.stdout.flush()  # show each piece as it is made
+
+
+# ---------------------------------------------------------------------------------------
+# stopping cleanly
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM set a flag that the loop checks between iterations, so the
+    current step finishes and a checkpoint is saved; a second Ctrl-C aborts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # signal handlers live there only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False

@@ -24,13 +24,14 @@ import math
 import os
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from wigglegpt import tokenizer
 from wigglegpt.checkpoint import unwrap
 from wigglegpt.common import UserError
+from wigglegpt.data import open_split
 
 HELLASWAG_HUB = "Rowan/hellaswag"
 N_ENDINGS = 4
@@ -69,29 +70,40 @@ def bits_per_byte(nats, n_bytes):
 def val_windows(folder, n_windows, block_size, seed=0, split="val"):
     """(x, y) int64 tensors of n_windows windows at seeded random offsets of split.bin; where
     split_mask.bin exists (chat data), targets outside assistant replies become -1."""
-    path = os.path.join(folder, f"{split}.bin")
-    if not os.path.isfile(path):
-        raise UserError(f"{path} is missing; prepare the data with prepare_openwebtext_streaming.py or prepare_smoltalk.py (or set --data_root/--dataset)")
-    data = np.memmap(path, dtype=np.uint16, mode="r")
-    if len(data) < block_size + 1:
-        raise UserError(f"{path} has {len(data):,} tokens, fewer than one window of block_size {block_size} + 1")
+    tokens = open_split(folder, split)
+    if tokens.n_tokens < block_size + 1:
+        raise UserError(f"{tokens.path} has {tokens.n_tokens:,} tokens, fewer than one window of block_size "
+                        f"{block_size} + 1")
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(len(data) - block_size, (n_windows,), generator=generator).tolist()
-    x = torch.from_numpy(np.stack([data[i:i + block_size] for i in starts]).astype(np.int64))
-    y = torch.from_numpy(np.stack([data[i + 1:i + 1 + block_size] for i in starts]).astype(np.int64))
-    mask_path = os.path.join(folder, f"{split}_mask.bin")
-    if os.path.isfile(mask_path):
-        mask = np.memmap(mask_path, dtype=np.uint8, mode="r")
-        y[torch.from_numpy(np.stack([mask[i + 1:i + 1 + block_size] for i in starts])) == 0] = -1
-    return x, y
+    return tokens.windows(tokens.random_starts(n_windows, block_size, generator), block_size)
 
 
 @torch.no_grad()
+def loss_sums(model, batches, byte_table, autocast=None, progress=None):
+    """The one evaluation loop (training's estimate and eval_bio's alike): over (x, y) batches on
+    the model's device, sums [each batch's mean loss, nats, target tokens, target bytes] as a
+    float64 tensor (float32 on MPS, which has no float64) on that device, with no GPU sync. A
+    batch with no target that counts adds 0."""
+    autocast = autocast if autocast is not None else nullcontext()
+    sums = None
+    for x, y in batches:
+        with autocast:
+            _, loss = model(x, y, return_logits=False)  # the loss alone: no full logits held
+        dtype = torch.float32 if y.device.type == "mps" else torch.float64
+        count = (y >= 0).sum().to(dtype)
+        loss = loss.to(dtype)
+        nats = torch.where(count > 0, loss * count, torch.zeros_like(loss))  # the batch's mean back to a sum
+        step = torch.stack([loss, nats, count, target_bytes(y, byte_table).to(dtype)])
+        sums = step if sums is None else sums + step
+        if progress is not None:
+            progress.update()
+    return sums
+
+
 def val_loss_bpb(model, folder, n_windows=100, batch_size=8, block_size=0, seed=0, device="cpu",
                  autocast=None, split="val"):
     """Mean loss (nats per predicted token) and bits per byte of model over n_windows fixed
     windows of block_size tokens (0: the model's). Returns dict(loss, bpb, n, tokens, bytes)."""
-    from tqdm import tqdm
     config = unwrap(model).config
     block_size = block_size or config.block_size
     if block_size > config.block_size:
@@ -101,21 +113,15 @@ def val_loss_bpb(model, folder, n_windows=100, batch_size=8, block_size=0, seed=
     if top >= config.vocab_size:
         raise UserError(f"{folder}/{split}.bin holds token id {top:,} but the model's vocab_size is "
                         f"{config.vocab_size:,}")
-    table = token_byte_table(config.vocab_size, device)
-    autocast = autocast if autocast is not None else nullcontext()
+    batches = ((x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device))
+               for i in range(0, n_windows, batch_size))
     was_training = model.training
     model.eval()
-    nats, tokens, n_bytes = 0.0, 0, 0
-    for i in tqdm(range(0, n_windows, batch_size), desc=f"{split} loss", leave=False, disable=None):
-        x, y = x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device)
-        with autocast:
-            _, loss = model(x, y, return_logits=False)  # the loss alone: no full logits held
-        count = int((y >= 0).sum())
-        if count:  # a masked window with no assistant token adds nothing (its mean loss is nan)
-            nats += float(loss) * count
-            tokens += count
-            n_bytes += int(target_bytes(y, table))
+    with tqdm(total=-(-n_windows // batch_size), desc=f"{split} loss", leave=False, disable=None) as progress:
+        _, nats, tokens, n_bytes = loss_sums(model, batches, token_byte_table(config.vocab_size, device), autocast,
+                                             progress).tolist()  # syncs the GPU
     model.train(was_training)
+    tokens, n_bytes = round(tokens), round(n_bytes)
     return dict(loss=nats / tokens if tokens else float("nan"), bpb=bits_per_byte(nats, n_bytes), n=n_windows,
                 tokens=tokens, bytes=n_bytes)
 
@@ -221,7 +227,6 @@ def score_hellaswag(model, rows, device="cpu", autocast=None, desc="hellaswag", 
     """Score rows (from load_hellaswag). Returns dict(acc, acc_norm, correct, correct_norm, n,
     truncated, predictions) with predictions [(pred_sum, pred_norm)] per row. show_progress=False
     hides the bar (every process but the first under torchrun)."""
-    from tqdm import tqdm
     config = unwrap(model).config
     if config.vocab_size < tokenizer.VOCAB_SIZE:
         raise UserError(f"HellaSwag needs GPT-2's {tokenizer.VOCAB_SIZE:,} token ids; this model's vocab_size "

@@ -8,10 +8,15 @@ so an MFU printed by either is measured against the same peak.
 
 import os
 import re
+import time
+import warnings
 
 import torch
 
+import model_bio
+from wigglegpt import oscillate_triton
 from wigglegpt.common import UserError, cuda_index
+from wigglegpt.distributed import print0
 
 # ---------------------------------------------------------------------------------------
 # peak FLOP/s: dense (no 2:4 sparsity) bf16/fp16 tensor-core rates, from NVIDIA's data sheets
@@ -380,3 +385,118 @@ def startup_memory_report(model, seq_len, batch_size, dtype, device):
     estimate = memory_estimate(model.config, n_params, seq_len, dtype, memory_outside_allocator(device))
     _, total = free_memory(device)
     return memory_report(estimate, batch_size, model.config.gradient_checkpointing, total, of="on the card")
+
+
+# ---------------------------------------------------------------------------------------
+# what runs fast here: torch.compile, the fused kernel, the batch that fits
+
+def compile_choice(setting, device):
+    """(compile?, note to print or ''): compile='auto' compiles on a CUDA GPU where Triton works
+    (Inductor writes its GPU kernels in Triton) and runs eager elsewhere, saying why once."""
+    on_cuda = device.startswith("cuda")
+    if setting is False:
+        return False, ""
+    triton_ok, why = oscillate_triton.available("cuda") if on_cuda else (False, "")
+    if setting is True:
+        if on_cuda and not triton_ok:
+            raise UserError(f"compile=True needs a working Triton on CUDA: {why}; use --compile=False "
+                            "(Linux: pip install triton; Windows: pip install triton-windows)")
+        return True, ""
+    if on_cuda and triton_ok:
+        return True, "compile='auto': compiling with torch.compile (the first iterations are slow)"
+    if on_cuda:
+        return False, (f"compile='auto': running eager, {why} (Linux: pip install triton; Windows: "
+                       "pip install triton-windows; --compile=False silences this)")
+    return False, (f"compile='auto': running eager on {device} (torch.compile pays off on CUDA GPUs; "
+                   "--compile=True compiles here too)")
+
+
+def activation_choice(config, device_type):
+    """How the oscillating activation will run here, in words; activation_kernel='triton' where
+    the kernel cannot run is a UserError."""
+    if not config.use_bio_mlp:  # the event-layer gate needs it; the lightweight gate has no oscillator
+        return "GELU (no oscillating activation)"
+    try:
+        kernel = model_bio.uses_kernel(config.activation_kernel, device_type)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if kernel:
+        return f"fused Triton kernel ({oscillate_triton.available(device_type)[1]})"
+    if config.activation_kernel == "torch":
+        return "PyTorch ops (activation_kernel='torch')"
+    if device_type != "cuda":
+        return "PyTorch ops (activation_kernel='auto': the fused kernel is for CUDA GPUs)"
+    return f"PyTorch ops (activation_kernel='auto'; {oscillate_triton.available(device_type)[1]})"
+
+
+def plan_batch(model, batch_size, gradient_accumulation_steps, tokens_per_iter, block_size, checkpointing,
+               dtype, device, autocast, dist, saved=None):
+    """batch_size='auto': the micro-batch (see find_batch_size) and the accumulation that keep
+    tokens_per_iter, as {batch_size, gradient_accumulation_steps, gradient_checkpointing} to keep
+    beside the settings ({} for a fixed batch_size). A resumed run keeps what it chose (saved: its
+    train_config and world size; the same micro-batches and dropout draws keep the resume exact).
+    On CUDA, print the memory estimate."""
+    derived = {}
+    saved_cfg, saved_world = saved or ({}, None)
+    if (batch_size == "auto" and isinstance(saved_cfg.get("batch_size"), int)
+            and (saved_cfg.get("tokens_per_iter"), saved_cfg.get("block_size")) == (tokens_per_iter, block_size)
+            and saved_world == dist.world):
+        derived = {key: saved_cfg[key] for key in ("batch_size", "gradient_accumulation_steps", "gradient_checkpointing")}
+        print0(dist, f"batch_size='auto': resuming with the run's batch_size {derived['batch_size']} x "
+                     f"gradient_accumulation_steps {derived['gradient_accumulation_steps']}"
+                     + (", with gradient checkpointing" if derived["gradient_checkpointing"] else ""))
+    elif batch_size == "auto":
+        sequences = tokens_per_iter // block_size // dist.world  # per process and iteration
+        batch, checkpointing = auto_batch(model, block_size, sequences, dtype, device, autocast, checkpointing,
+                                          log=lambda line: print0(dist, line))
+        derived = dict(batch_size=batch, gradient_accumulation_steps=sequences // batch * dist.world,
+                       gradient_checkpointing=checkpointing)
+        print0(dist, f"batch_size='auto': batch_size {batch} x gradient_accumulation_steps "
+                     f"{derived['gradient_accumulation_steps']} x block_size {block_size} = {tokens_per_iter:,} tokens "
+                     "per iteration" + (", with gradient checkpointing" if checkpointing else ""))
+    if "gradient_checkpointing" in derived:
+        model.config.gradient_checkpointing = derived["gradient_checkpointing"]
+    if device.startswith("cuda"):
+        for line in startup_memory_report(model, block_size, derived.get("batch_size", batch_size), dtype, device):
+            print0(dist, line)
+    return derived
+
+
+def start_memory_profile(enabled, dist, device):
+    """profile_memory (the original's debugging switch): record CUDA allocations from here on,
+    on rank 0. Returns whether recording started."""
+    if not enabled:
+        return False
+    if not device.startswith("cuda"):
+        print0(dist, f"note: profile_memory records CUDA allocations only; nothing to record on {device} "
+                     "(the metrics' peak_mem_mb gives the peak memory)")
+        return False
+    if dist.master:
+        torch.cuda.memory._record_memory_history(max_entries=100_000)
+    return dist.master
+
+
+def finish_memory_profile(out_dir, dist):
+    """Write what start_memory_profile recorded to out_dir/memory_snapshot.pickle."""
+    path = os.path.join(out_dir, "memory_snapshot.pickle")
+    torch.cuda.memory._dump_snapshot(path)
+    torch.cuda.memory._record_memory_history(enabled=None)
+    print0(dist, f"memory snapshot: {path} (drag it onto https://pytorch.org/memory_viz)")
+
+
+def counting_syncs(fn, counts, starts, cuda):
+    """fn, wrapped to append the synchronizing CUDA calls torch's sync debug mode reports during
+    each call to counts (and the call's start time to starts). Off CUDA nothing is counted."""
+    def wrapper(*args, **kwargs):
+        starts.append(time.perf_counter())
+        if not cuda:
+            return fn(*args, **kwargs)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # every one, not once per place
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+                counts.append(sum("synchroniz" in str(w.message) for w in caught))
+    return wrapper

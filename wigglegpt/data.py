@@ -1,0 +1,124 @@
+"""
+Token windows from the prepared uint16 bins, for training and evaluation alike: `split`.bin of
+GPT-2 token ids, plus `split`_mask.bin (uint8, 1 = an assistant token) for chat data, whose
+targets outside the assistant's replies become -1 (ignored by the loss).
+"""
+
+import os
+
+import numpy as np
+import torch
+
+from wigglegpt import dataprep
+from wigglegpt.common import UserError
+from wigglegpt.distributed import barrier
+
+SPLITS = ("train", "val")
+PREPARE = "prepare_openwebtext_streaming.py or prepare_smoltalk.py"
+
+
+class TokenSplit:
+    """One split: `name`.bin of uint16 GPT-2 tokens, plus `name`_mask.bin (uint8) when masked."""
+
+    def __init__(self, folder, name, masked):
+        self.path = os.path.join(folder, f"{name}.bin")
+        self.mask_path = os.path.join(folder, f"{name}_mask.bin") if masked else None
+        self.n_tokens = os.path.getsize(self.path) // 2
+        if masked and os.path.getsize(self.mask_path) != self.n_tokens:
+            raise UserError(f"{self.mask_path} has {os.path.getsize(self.mask_path):,} entries but "
+                            f"{self.path} has {self.n_tokens:,} tokens; prepare the data again")
+
+    def windows(self, starts, block_size):
+        """(x, y) int64 CPU tensors of shape (len(starts), block_size): x the tokens from each start,
+        y the same shifted by one. With a mask, a target's own entry (mask[i + 1] for data[i + 1])
+        decides whether it counts; those that do not become -1."""
+        # opened per call: a long-lived np.memmap keeps every page it touched (RSS only grows)
+        data = np.memmap(self.path, dtype=np.uint16, mode="r")
+        x = np.stack([data[i:i + block_size] for i in starts]).astype(np.int64)
+        y = np.stack([data[i + 1:i + 1 + block_size] for i in starts]).astype(np.int64)
+        if self.mask_path is not None:
+            mask = np.memmap(self.mask_path, dtype=np.uint8, mode="r")
+            y[np.stack([mask[i + 1:i + 1 + block_size] for i in starts]) == 0] = -1
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    def random_starts(self, n, block_size, generator):
+        return torch.randint(self.n_tokens - block_size, (n,), generator=generator).tolist()
+
+    def sample(self, batch_size, block_size, generator):
+        """windows() at random starts; with a mask, each window holds at least one target that
+        counts (a window with nothing to learn would give a 0/0 loss)."""
+        starts = self.random_starts(batch_size, block_size, generator)
+        if self.mask_path is not None:
+            mask = np.memmap(self.mask_path, dtype=np.uint8, mode="r")
+            for row, i in enumerate(starts):
+                tries = 0
+                while not mask[i + 1:i + 1 + block_size].any():
+                    tries += 1
+                    if tries > 1000:
+                        raise UserError(f"{self.mask_path}: 1,000 random windows of {block_size} tokens held no "
+                                        "assistant token; check the mask or use a larger block_size")
+                    i = int(torch.randint(self.n_tokens - block_size, (1,), generator=generator))
+                starts[row] = i
+        return self.windows(starts, block_size)
+
+
+def open_split(folder, split="val"):
+    """One split of a dataset folder, masked when its split_mask.bin exists (evaluation)."""
+    path = os.path.join(folder, f"{split}.bin")
+    if not os.path.isfile(path):
+        raise UserError(f"{path} is missing; prepare the data with {PREPARE} (or set --data_root/--dataset)")
+    return TokenSplit(folder, split, os.path.isfile(os.path.join(folder, f"{split}_mask.bin")))
+
+
+class Data:
+    """Both splits of a dataset folder and the batch shapes drawn from them (training)."""
+
+    def __init__(self, folder, batch_size, block_size, vocab_size, device):
+        self.folder = folder
+        masks = [os.path.exists(os.path.join(folder, f"{split}_mask.bin")) for split in SPLITS]
+        if any(masks) and not all(masks):
+            raise UserError(f"{folder} has only one of train_mask.bin / val_mask.bin; prepare the data again")
+        self.masked = all(masks)
+        self.splits = {split: TokenSplit(folder, split, self.masked) for split in SPLITS}
+        self.batch_size, self.block_size, self.vocab_size, self.device = batch_size, block_size, vocab_size, device
+        for split, part in self.splits.items():
+            need = batch_size * block_size + 1
+            if part.n_tokens < need:
+                raise UserError(f"{part.path} has {part.n_tokens:,} tokens, fewer than one batch needs "
+                                f"(batch_size {batch_size} x block_size {block_size} + 1 = {need:,}); "
+                                "lower batch_size/block_size or use more data")
+
+    def batch(self, split, generator):
+        x, y = self.splits[split].sample(self.batch_size, self.block_size, generator)
+        top = max(int(x.max()), int(y.max()))
+        if top >= self.vocab_size:
+            raise UserError(f"{self.splits[split].path} holds token id {top:,} but the model's vocab_size is "
+                            f"{self.vocab_size:,}; use a larger vocab_size")
+        if self.device.startswith("cuda"):
+            # pinned memory lets the copy run asynchronously while the GPU works
+            return (x.pin_memory().to(self.device, non_blocking=True),
+                    y.pin_memory().to(self.device, non_blocking=True))
+        return x.to(self.device), y.to(self.device)
+
+
+def open_data(data_root, dataset, batch_size, block_size, vocab_size, device, dist):
+    """The training Data of data_root/dataset; the Shakespeare demo corpus is built on first use."""
+    folder = os.path.join(data_root, dataset)
+    if dist.master and dataset == "shakespeare":
+        dataprep.ensure_demo_data(folder)  # seconds, offline
+    barrier(dist)  # the others wait until rank 0 has the files
+    if not os.path.isdir(folder):
+        raise UserError(f"data folder not found: {folder} (prepare it with {PREPARE}, or set --data_root / --dataset)")
+    for split in SPLITS:
+        if not os.path.isfile(os.path.join(folder, f"{split}.bin")):
+            raise UserError(f"{os.path.join(folder, split + '.bin')} is missing; prepare the data with {PREPARE}")
+    return Data(folder, batch_size, block_size, vocab_size, device)
+
+
+def sampler_seed(seed, rank):
+    return seed + 100_003 * (rank + 1)  # its own stream per process, apart from the model's
+
+
+def eval_seed(seed, rank, split):
+    # every eval draws the same batches: curves (and bio vs GELU runs) compare on equal terms
+    return seed + 200_003 * (rank + 1) + SPLITS.index(split)
