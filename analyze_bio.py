@@ -4,24 +4,10 @@ What did the oscillating neurons learn? Statistics of omega, phi and baseline in
     python analyze_bio.py --ckpt=out-shakespeare-bio/ckpt.pt
     python analyze_bio.py --ckpt=ckpt_pretrain.pt --compare=ckpt_finetune.pt --plots=plots
 
-Reads the state dict and config only (this project's checkpoints or the original WiggleGPT
-files) and prints, overall and per layer, next to the initialisation values:
-- omega (frequency): mean, std, min, max and the share of neurons with |omega| > 0.1
-  (oscillating; the rest are close to linear: sin(phi + small) * tanh(x))
-- phi (phase): mean, std, min, max, range and coverage of [-pi, pi]: after wrapping phi into
-  [-pi, pi), the share of 36 equal bins (10 degrees each) that hold at least one neuron
-- baseline, and the sparse gate's gate_weight / gate_bias when the model has one
-Standard deviations are population ones (numpy's default, ddof=0).
-
---compare=other: the stability table between two checkpoints of the same shape (e.g.
-pretrain -> fine-tune): each statistic before, after and its change; the mean and max
-absolute per-neuron change of omega; the share of neurons whose omega or phi moved by more
-than 0.1 and 0.5 (raw parameter change, phi not wrapped); the share of linearized neurons
-(|omega| < 0.1) before and after. --plots=dir writes PNG histograms and activation curves,
-the omega-phi scatter and the histogram of omega - 1 (distance from the init), as the original
-analysis scripts drew them; with --compare also the per-neuron drift histogram and before-vs-
-after scatters of omega and phi. Also printed: the share of neurons whose omega is still within
-+-0.2 of its init value 1.0.
+Reads only the state dict and config (this project's checkpoints or the original WiggleGPT
+files) and prints the statistics overall and per layer, next to their initial values;
+--compare adds the stability table between two checkpoints of one shape, --plots writes the
+figures. What each figure means: README.md, "Research tools".
 """
 
 import math
@@ -30,6 +16,7 @@ import os
 import numpy as np
 import torch
 
+from model_bio import OscillateFunction
 from wigglegpt.checkpoint import CheckpointError, clean_state_dict, is_original_format, load_checkpoint, model_config
 from wigglegpt.common import UserError, run_main
 from wigglegpt.settings import load_settings
@@ -361,7 +348,6 @@ def pick_neurons(layers, n_random=2, seed=0):
 
 def activation_curve(layer, index, x):
     """The project's activation (model_bio.OscillateFunction) for one neuron over x."""
-    from model_bio import OscillateFunction
     params = [torch.tensor(layer[k][index:index + 1]) for k in ("omega", "phi", "baseline")]
     with torch.no_grad():
         return OscillateFunction.apply(torch.as_tensor(x)[:, None], *params)[:, 0].numpy()

@@ -5,22 +5,10 @@ one run on this machine and printed as a table of ratios.
     python bench_bio.py                                    # full sizes
     python bench_bio.py --quick                            # small sizes, under 2 minutes on 2 CPU cores
     python bench_bio.py --quick --only=traffic,logits_memory,activation   # some sections
-    python bench_bio.py --gpu                              # the one CUDA GPU check (below), 8 minutes at most
+    python bench_bio.py --gpu                              # the one CUDA GPU check, 8 minutes at most
 
 Each section is a function that returns rows (what, measured, goal, detail); main() runs the
-ones asked for and prints the table. Timings are medians of several repeats after a warm-up.
-
---gpu runs the GPU check instead of the sections, on the published 124M shape: versions, the
-GPU, its peak FLOP/s and memory bandwidth; the numerics of the activation kernel, the PyTorch
-path and torch.compile against fp64, and the compiled model's graph breaks; training tokens/s,
-MFU and peak memory of GELU and Wiggle, eager (PyTorch path), eager with the kernel and
-compiled; the activation alone in GB/s; the real train_bio loop against the bare step, with its
-GPU syncs per iteration; what batch_size='auto' picks under 8 and 16 GB; and fp16 with the loss
-scaler. Each part checks the time left first (and is stopped at twice its share), so the check
-ends within 8 minutes; a failing part becomes one row and the others still run. Every row is
-printed and written to --out (bench_gpu.jsonl) as one JSON line the moment it is measured, so a
-run cut short still reports. --only picks parts (environment, numerics, training, activation,
-train_loop, batch_auto, fp16); --quick does not apply.
+ones asked for and prints the table. What --gpu measures and its goals: README.md, "Benchmarks".
 """
 
 import contextlib
@@ -42,7 +30,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from wigglegpt.common import UserError, run_main, write_error
+import model_bio
+from model_bio import GPT, GPTConfig, OscillateFunction, OscillatingActivation
+from wigglegpt import common, dataprep, gpu, optim, oscillate_triton
+from wigglegpt.common import UserError, autocast_for, pick_dtype, run_main, write_error
+from wigglegpt.engine import generate
+from wigglegpt.tokenizer import EOT, get_tokenizer
 from wigglegpt.settings import load_settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -86,8 +79,6 @@ SECTIONS = {}  # name -> function(quick) returning rows (what, measured, goal, d
 
 def bench_kv_cache(quick):
     """Greedy generation speed with the KV cache vs recomputing the whole context per token."""
-    from wigglegpt.engine import generate
-    from model_bio import GPT, GPTConfig
     # The published 124M shape, the model users sample from. At batch 1 on a CPU a cached step
     # is bound by reading every weight from memory (~0.5 GB), which both loops pay; the full
     # loop also recomputes the whole context. Quick mode makes fewer tokens, not a smaller model.
@@ -149,7 +140,6 @@ class TrafficCounter(TorchDispatchMode):
 
 def oscillating_activation(n_cols, kernel="torch"):
     """The model's oscillating activation for n_cols neurons, initialised as GPT.init_weights does."""
-    from model_bio import OscillatingActivation
     act = OscillatingActivation(n_cols, kernel)
     with torch.no_grad():
         act.omega.normal_(1.0, 0.1), act.phi.normal_(0.0, 0.1), act.baseline.zero_()
@@ -177,7 +167,6 @@ def bench_traffic(quick):
     device (no data, but the ops of its CUDA branch: torch.tanh, plain sums)."""
     from torch import nn
 
-    from wigglegpt import oscillate_triton
     rows, cols = 8192, 3072  # the 124M MLP's hidden layer at 8 x 1024 tokens
     counted = (64, cols)  # a real run, small: the bytes per element do not depend on the rows
     out = []
@@ -209,10 +198,9 @@ LOGITS_BATCH, LOGITS_BLOCKS = 8, (32, 256)
 def _logits_memory_child(block_size, return_logits, batch, model_config):
     """Run in a fresh process by bench_logits_memory: two AdamW training steps of the model
     (GPTConfig fields), then print this process's peak resident memory in KiB."""
-    from model_bio import GPT, GPTConfig
     torch.manual_seed(0)
     model = GPT(GPTConfig(block_size=block_size, **model_config))
-    opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cpu")
+    opt = optim.make_optimizer(model, "adamw", 0.1, 1e-4, (0.9, 0.95), "cpu")
     x, y = torch.randint(0, model_config["vocab_size"], (2, batch, block_size))
     for _ in range(2):
         _, loss = model(x, y, return_logits=return_logits)
@@ -280,7 +268,6 @@ SECTIONS["logits_memory"] = bench_logits_memory
 def _bench_model(use_bio_mlp, quick, plain_autograd=False):
     """A small model (4 layers, 256 dim, B=8, T=256) for the Wiggle-vs-GELU figures. The
     vocabulary is kept small so the blocks, not the output layer, dominate what is measured."""
-    from model_bio import GPT, GPTConfig, OscillatingActivation
     cfg = GPTConfig(block_size=256, vocab_size=2048, n_layer=4, n_head=4, n_embd=256, use_bio_mlp=use_bio_mlp)
     model = GPT(cfg)
     if plain_autograd:  # the original formulation: autograd keeps sin, cos, tanh for backward
@@ -322,7 +309,7 @@ def bench_activation(quick):
 
     steps = {}
     for name, (model, idx) in models.items():
-        opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cpu")
+        opt = optim.make_optimizer(model, "adamw", 0.1, 1e-4, (0.9, 0.95), "cpu")
         steps[name] = lambda model=model, idx=idx, opt=opt: step(model, idx, opt)
     times = median_seconds_side_by_side(steps, repeats=3 if quick else 7)
     mb = lambda n: f"{n / 2**20:.0f} MB"
@@ -348,7 +335,7 @@ def bench_compiled(quick):
     steps, compile_s = {}, {}
     for name, bio in (("wiggle", True), ("gelu", False)):
         model, idx = _bench_model(bio, quick)
-        opt = model.configure_optimizers(0.1, 1e-4, (0.9, 0.95), "cpu")
+        opt = optim.make_optimizer(model, "adamw", 0.1, 1e-4, (0.9, 0.95), "cpu")
         compiled = torch.compile(model)
 
         def step(compiled=compiled, idx=idx, opt=opt):
@@ -376,7 +363,6 @@ def bench_gpu_124m(quick):
     MFU and peak memory of Wiggle and GELU, eager and compiled, and the Wiggle/GELU ratios."""
     if not torch.cuda.is_available():
         return [("124M training on GPU", "skipped", "-", "no CUDA GPU on this machine")]
-    from model_bio import GPTConfig
     return training_figures("cuda", GPTConfig(), 4 if quick else 16, 3 if quick else 10)
 
 
@@ -406,11 +392,6 @@ def training_rows(device, config, max_batch, repeats, compiled=(False, True), fi
     figures, if given, receives B, checkpointing, dtype, T and (mlp, mode) -> (tokens/s, MFU or
     None, peak MB); time_left(), if given, is the seconds left, and a mode that would not fit in
     them (90 s to compile, 10 s eager) is skipped with a row saying so."""
-    from wigglegpt import gpu
-    import model_bio
-    from model_bio import GPT, OscillatingActivation
-    from wigglegpt.common import autocast_for, pick_dtype
-    from wigglegpt import oscillate_triton
     device_type = device.split(":")[0]
     dtype = pick_dtype("auto", device)
     autocast = autocast_for(device, dtype)
@@ -436,7 +417,7 @@ def training_rows(device, config, max_batch, repeats, compiled=(False, True), fi
                 log=lambda line: print(f"  training_figures: {line}", flush=True))
         B = figures["B"]
         model.config.gradient_checkpointing = figures["checkpointing"]
-        opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device_type)
+        opt = optim.make_optimizer(model, "adamw", 0.1, 6e-4, (0.9, 0.95), device_type)
         idx = torch.randint(0, model.config.vocab_size, (B, T), device=device)
         scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))
         for mode in wanted:
@@ -525,8 +506,6 @@ def bench_data_prep(quick):
 
     import numpy as np
 
-    from wigglegpt import dataprep
-    from wigglegpt.tokenizer import EOT, get_tokenizer
 
     def write_corpus(path, megabytes):
         chunks = [row["text"] for row in dataprep.shakespeare_documents()]
@@ -657,8 +636,6 @@ def _sync(device):
 
 def part_environment(check):
     """Versions, the GPU, and the peak FLOP/s and bandwidth the other parts measure against."""
-    from wigglegpt import common, gpu
-    from wigglegpt import oscillate_triton
     device = check.device
     try:
         import triton
@@ -710,9 +687,6 @@ def part_numerics(check):
     """The activation's output and all four gradients by the kernel, the PyTorch path and the
     compiled PyTorch path, in bf16 and fp32, against plain autograd of the formula in fp64;
     then the graph breaks of the compiled model."""
-    from model_bio import GPT, OscillateFunction
-    from wigglegpt.common import autocast_for, pick_dtype
-    from wigglegpt import oscillate_triton
     device, s = check.device, check.sizes
     rows, cols = s["numerics_rows"], 4 * check.config.n_embd
     ok, why = oscillate_triton.available(_device_type(device))
@@ -760,11 +734,8 @@ def part_activation_speed(check):
     """The activation alone at the training shape, forward + backward: the kernel in GB/s (its
     bytes from traffic_bytes) against the card's bandwidth, and the PyTorch path's and GELU's
     times for the same x; and the PyTorch path's bytes counted op by op on this device."""
-    from wigglegpt import gpu
     from torch.nn import functional as F
 
-    from model_bio import OscillateFunction
-    from wigglegpt import oscillate_triton
     device, s = check.device, check.sizes
     rows, cols = s["max_batch"] * check.config.block_size, 4 * check.config.n_embd
     ok, why = oscillate_triton.available(_device_type(device))
@@ -832,8 +803,6 @@ def part_train_loop(check):
     measured there; and the GPU syncs per iteration in train_step and log_iteration."""
     import numpy as np
 
-    import model_bio
-    from wigglegpt import gpu
     device, cfg, s = check.device, check.config, check.sizes
     cuda = device.startswith("cuda")
     measured = check.figures.get("training", {})
@@ -916,9 +885,6 @@ def part_batch_auto(check):
 
 
 def _batch_under(check, budget_gb):
-    from wigglegpt import common, gpu
-    from model_bio import GPT
-    from wigglegpt.common import autocast_for, pick_dtype
     device, cfg = check.device, check.config
     cuda = device.startswith("cuda")
     T, sequences = cfg.block_size, check.sizes["auto_sequences"]
@@ -948,7 +914,7 @@ def _batch_under(check, budget_gb):
         picked = f"{B}" + (" checkpointed" if checkpointing else "")
         shape = f"of {sequences} sequences of {T}, {dtype}; estimate {need / 2**30:.2f} GiB"
         model.config.gradient_checkpointing = checkpointing
-        opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), _device_type(device))
+        opt = optim.make_optimizer(model, "adamw", 0.1, 6e-4, (0.9, 0.95), _device_type(device))
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         try:  # one real training step at the pick
@@ -981,14 +947,13 @@ def part_fp16(check):
     fixed batch (so the loss has something to learn), its loss, loss scale and tokens/s."""
     import math
 
-    from model_bio import GPT
     device, cfg, s = check.device, check.config, check.sizes
     device_type = _device_type(device)
     B = min(s["fp16_batch"], check.figures.get("training", {}).get("B") or s["fp16_batch"])  # what fits
     T, steps = cfg.block_size, s["fp16_steps"]
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
-    opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device_type)
+    opt = optim.make_optimizer(model, "adamw", 0.1, 6e-4, (0.9, 0.95), device_type)
     scaler = torch.amp.GradScaler(device_type)
     tokens = torch.randint(0, cfg.vocab_size, (B, T + 1), device=device)
     idx, targets = tokens[:, :-1], tokens[:, 1:]
@@ -1120,7 +1085,6 @@ def gpu_main(cfg):
     if not torch.cuda.is_available():
         raise UserError("--gpu needs a CUDA GPU, and torch sees none here (no GPU, or a CPU-only torch build); "
                         "run it on a machine with one, or drop --gpu for the CPU sections")
-    from model_bio import GPTConfig
     torch.backends.cuda.matmul.allow_tf32 = True  # as train_bio sets them
     torch.backends.cudnn.allow_tf32 = True
     print(f"machine: {machine_line()}")
@@ -1135,9 +1099,9 @@ def gpu_main(cfg):
 # --- report --------------------------------------------------------------------------
 
 def machine_line():
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    card = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"{gpu}, torch {torch.__version__}, python {platform.python_version()}")
+            f"{card}, torch {torch.__version__}, python {platform.python_version()}")
 
 
 def print_table(rows):

@@ -7,19 +7,9 @@ Chat with a fine-tuned WiggleGPT checkpoint in the terminal.
     cat questions.txt | python chat_bio.py --ckpt=...           # one reply line per input line
     python chat_bio.py --ckpt=ckpt_finetune.pt --web            # in the browser (wigglegpt/web.py)
 
-The conversation is rendered with the shared chat template (wigglegpt.tokenizer). Replies stream
-as they are generated and end at <|/assistant|> or <|endoftext|>, neither of which is shown.
-The history is kept across turns; when it no longer fits the context, the oldest turns go
-first (the system prompt stays) so that max_new_tokens of room are left for the reply. The
-KV cache carries over between turns: only the part of the prompt that changed is prefilled.
-
-Interactive commands: /system <text> (empty: no system prompt), /clear or clear, /help,
-/quit, quit, /exit or exit (Ctrl-D too), as in the original chat.py. Ctrl-C stops the reply
-being written; the conversation goes on. A reply also ends where the model starts a user
-turn itself (<|user|>, which the published fine-tune does when it skips its closing tag).
---preset=original samples as the original chat.py did (engine.PRESETS). With stdin
-not a terminal each input line is one user message (no commands) and each reply is printed
-on one line (its own line breaks become spaces); nothing else goes to stdout.
+The conversation (template, trimming, stop strings, the KV cache across turns) is a
+wigglegpt.chat.Chat; this script adds the terminal: streaming, commands, Ctrl-C, piped input.
+The commands and rules: README.md, "Sample and chat".
 """
 
 import re
@@ -29,13 +19,11 @@ from wigglegpt import web
 from wigglegpt.chat import Chat, MessageTooLong, reply_budget
 from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, prepare_stdout, run_main, write_stdout
 from wigglegpt.engine import apply_preset, check_options, preset_setting, sampling_options, sampling_settings
-from wigglegpt.loader import INIT_FROM_MEANING, load_for_inference, model_source
+from wigglegpt.loader import load_for_inference, model_settings, model_source
 from wigglegpt.settings import load_settings
 
 SETTINGS = {
-    "out_dir": ("out", "folder of the checkpoint to chat with (its ckpt.pt) with init_from='resume'"),
-    "init_from": ("resume", INIT_FROM_MEANING),
-    "ckpt": ("", "checkpoint file; the same as --init_from=<file>"),
+    **model_settings("chat with"),
     "system": ("", "system prompt (empty: none)"),
     "prompt": ("", "answer this one user message and exit"),
     "max_new_tokens": (None, "most tokens in one reply, this much context kept free for it "

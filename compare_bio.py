@@ -5,32 +5,10 @@ Compare training runs side by side: a table of their numbers and a plot of their
     python compare_bio.py --run config/shakespeare_bio.py config/shakespeare_gelu.py --max_iters=100
     python compare_bio.py --run config/shakespeare_bio.py --rope_variants  # real RoPE vs legacy (no positions)
     python compare_bio.py --run config/shakespeare_bio.py config/shakespeare_gelu.py --seeds=3   # error bars
-    python compare_bio.py out-compare/shakespeare_bio out-compare/shakespeare_gelu             # read them again
 
-Each run is read from the metrics.jsonl that train_bio.py writes (one JSON object per line:
-start, train, eval and end records). With --run the configs are trained first, one
-subprocess each, `python train_bio.py <config> --out_dir=<out_root>/<name> --seed=...`, all
-with the same seed (hence the same data order) and, when given, the same --max_iters (the
-same token budget). --rope_variants trains every config that uses RoPE twice: with real
-RoPE (<name>-rope) and with --legacy_rope=True (<name>-legacy_rope), the published
-checkpoints' RoPE, which in effect encodes no position at all; position encoding is then the
-only difference between the two runs.
-
---seeds=N trains every run N times, with --seed=seed+k for k = 0..N-1, into
-out_root/<name>/seed<seed+k>; the same seed gives every config the same data order and the
-same random stream. A folder of such seed<S> folders is read back as one multi-seed run. For
-multi-seed runs a second table gives, per config, mean +- sample standard deviation (n-1)
-over the seeds of the final val loss (and of the final val bits per byte and the HellaSwag
-acc_norm when metrics.jsonl has them), and the paired difference to the first config: the
-per-seed differences (this config minus the first, on the seeds both have), their mean and
-its 95% confidence interval, mean +- t(0.975, n-1) * sd / sqrt(n) (Student t). The plot then
-shows each config's mean curve over the seeds with a min-max band.
-
-The table: run, parameters, tokens seen, iterations, final and best val loss, tokens/s
-(median over the train records) and peak memory (max of the eval records' peak_mem_mb).
-A resumed run has several start records. Each start at iteration N begins a new timeline:
-what an earlier process logged after its checkpoint at N (train records from N on, eval
-records after N) is dropped, and of what is left the last record of each iteration counts.
+Each run is read from the metrics.jsonl that train_bio.py writes; --run trains the configs
+first, one train_bio.py subprocess each, with the same seed and token budget. The table's
+columns, the multi-seed statistics and how resumed runs are read: README.md, "Research tools".
 """
 
 import json

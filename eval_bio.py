@@ -5,17 +5,16 @@ Evaluate a model: validation loss and bits per byte, and HellaSwag accuracy.
     python eval_bio.py --ckpt=ckpt_pretrain.pt --tasks=val,hellaswag --out=results.jsonl
     python eval_bio.py --init_from=gpt2 --tasks=hellaswag --hellaswag_file=hellaswag_val.jsonl
 
-Tasks (--tasks, comma separated):
-  val        mean loss and bits per byte over eval_windows fixed windows of data_root/dataset/val.bin
-  hellaswag  acc and acc_norm on HellaSwag's validation set, completion style (as llm.c)
-Results print as a table; --out=FILE appends one JSON line per task and metric:
-{"model", "task", "metric", "value", "n", "time"}. See wigglegpt.evaluate for the definitions.
+--tasks (comma separated): val, hellaswag. Results print as a table; --out=FILE appends one
+JSON line per task and metric. The scoring is wigglegpt.evaluate's; its definitions are in
+README.md, "Evaluation".
 """
 
 import json
 import os
 import time
 
+from wigglegpt import dataprep
 from wigglegpt.evaluate import load_hellaswag, score_hellaswag, val_loss_bpb
 from wigglegpt.loader import load_for_inference, model_source
 from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, run_main
@@ -69,8 +68,7 @@ def run_tasks(cfg, tasks, model, device, autocast):
         if task == "val":
             folder = os.path.join(cfg.data_root, cfg.dataset)
             if cfg.dataset == "shakespeare":
-                from wigglegpt import dataprep  # the offline demo corpus is built on first use
-                dataprep.ensure_demo_data(folder)
+                dataprep.ensure_demo_data(folder)  # the offline demo corpus is built on first use
             if not os.path.isdir(folder):
                 raise UserError(f"data folder not found: {folder} (set --data_root / --dataset)")
             r = val_loss_bpb(model, folder, cfg.eval_windows, cfg.eval_batch_size, cfg.block_size, cfg.seed,

@@ -5,23 +5,10 @@ Any lm-evaluation-harness task on any checkpoint: the harness model 'wigglegpt'.
     python lm_eval_bio.py --model wigglegpt --model_args init_from=gpt2,batch_size=16 --tasks lambada_openai
     python lm_eval_bio.py --model wigglegpt --model_args ckpt=ckpt.pt --tasks mytask --include_path my_tasks/
 
-The harness's own `lm_eval` command only finds models registered by modules it imports, so this
-script registers 'wigglegpt' and then runs the harness's command line with the same arguments
-(every lm_eval option works). From Python:
-
-    import lm_eval, lm_eval_bio
-    lm_eval.simple_evaluate(model=lm_eval_bio.make_lm(ckpt="ckpt.pt"), tasks=["hellaswag"])
-
-model_args: ckpt=PATH or init_from=gpt2 (gpt2-medium, ...), dtype (auto, float32, bfloat16,
-float16); --batch_size (sequences per forward) and --device (lm_eval's default cuda:0 falls back
-to the CPU or MPS where there is no CUDA GPU) are lm_eval's own options. The harness's requests map onto the model as:
-  loglikelihood          log p(continuation | context), one forward per batch of requests; an
-                         empty context starts from <|endoftext|>; a too long one keeps its end
-  loglikelihood_rolling  the whole text in windows of block_size, every token predicted once
-                         with as much context as fits (perplexity, bits per byte tasks)
-  generate_until         engine.generate over the KV cache, greedy unless the task samples,
-                         cut at the task's stop strings ("until") or <|endoftext|>
-lm_eval is imported only here, when the model is built.
+Registers 'wigglegpt', then runs the harness's own command line with the same arguments (the
+plain `lm_eval` command cannot find the model). From Python:
+lm_eval.simple_evaluate(model=lm_eval_bio.make_lm(ckpt="ckpt.pt"), tasks=["hellaswag"]).
+The model_args and how each kind of request is computed: README.md, "Evaluation".
 """
 
 import functools

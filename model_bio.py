@@ -602,11 +602,6 @@ class GPT(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        """AdamW over parameter_groups (optim.make_optimizer offers the others)."""
-        return torch.optim.AdamW(self.parameter_groups(weight_decay), lr=learning_rate, betas=betas,
-                                 fused=(device_type == "cuda"))
-
     def estimate_mfu(self, tokens_per_iter, dt, peak_flops, seq_len=None):
         """Model FLOPs utilisation: achieved FLOP/s over peak_flops (e.g. 312e12 for A100 bf16).
 

@@ -6,7 +6,7 @@ Prepare a plain-text corpus for pretraining: GPT-2 BPE tokens in train.bin / val
     python prepare_openwebtext_streaming.py --resume              # continue an interrupted run
 
 Rows are streamed (the corpus never sits in memory or in the datasets cache) and encoded in
-batches by worker processes; see wigglegpt/dataprep.py for the output format and the resume rules.
+batches by worker processes (wigglegpt.dataprep); the output and resume rules: README.md, "Prepare data".
 """
 
 from wigglegpt import dataprep

@@ -1,20 +1,13 @@
 """
 Prepare a chat corpus for fine-tuning: chat-template tokens plus a loss mask per token.
 
-Writes train.bin / val.bin and train_mask.bin / val_mask.bin, the mask marking the assistant
-tokens the loss is taken on.
-
     python prepare_smoltalk.py                                   # SmolTalk2, streamed from the Hub
     python prepare_smoltalk.py --data_files=chats.jsonl --out_dir=data/mychats
 
-Each row holds "messages": a list of {"role": system|user|assistant, "content": str}. Malformed
-rows are skipped and counted by reason (printed at the end and kept in meta.json). The
-template is in wigglegpt/tokenizer.py; the output format and resume rules in wigglegpt/dataprep.py.
-
-The defaults reproduce the published fine-tune's data (the original finetune_native.py): each
-conversation encoded as one string, cut to 1024 tokens, then <|endoftext|>; 5% of the
-conversations in val. It trained on every token (--loss_on=all); the default here learns only
-the assistant replies and their closing tags.
+Writes train.bin / val.bin and train_mask.bin / val_mask.bin (1 on the tokens the loss is taken
+on) through wigglegpt.dataprep, rendered with wigglegpt.tokenizer's template; the defaults
+reproduce the published fine-tune's data. The row format, the template and the outputs:
+README.md, "Prepare data" and "Fine-tune for chat".
 """
 
 from wigglegpt import dataprep

@@ -5,12 +5,9 @@ Sample text from a trained WiggleGPT checkpoint, streamed to the terminal as it 
     python sample_bio.py --ckpt=ckpt_pretrain.pt --start=FILE:prompt.txt --temperature=0.7
     python sample_bio.py --init_from=gpt2 --start="Hello"      # OpenAI's GPT-2 (needs transformers)
 
-Works on this project's checkpoints, on the original WiggleGPT files and, through
-transformers, on GPT-2 (--init_from=gpt2 ... gpt2-xl, or a save_pretrained folder). The prompt is
-echoed, then each new token is printed the moment it is made; bytes of a character split
-over several tokens are held back until it is whole. Samples are separated by a line of
-dashes. An empty prompt starts a new document (<|endoftext|>); a prompt longer than the
-model's context keeps its last tokens (with a warning on stderr).
+Loads the model through wigglegpt.loader (this project's checkpoints, the original WiggleGPT
+files, GPT-2) and generates with wigglegpt.engine. What is printed, and what becomes of empty
+and too long prompts: README.md, "Sample and chat".
 """
 
 import os
@@ -20,13 +17,11 @@ import torch
 
 from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, prepare_stdout, run_main, write_stdout
 from wigglegpt.engine import check_options, generate, sampling_options, sampling_settings, stream_text
-from wigglegpt.loader import INIT_FROM_MEANING, load_for_inference, model_source
+from wigglegpt.loader import load_for_inference, model_settings, model_source
 from wigglegpt.settings import load_settings
 from wigglegpt.tokenizer import EOT, VOCAB_SIZE, StreamDecoder, encode
 SETTINGS = {
-    "out_dir": ("out", "folder of the checkpoint to sample (its ckpt.pt) with init_from='resume'"),
-    "init_from": ("resume", INIT_FROM_MEANING),
-    "ckpt": ("", "checkpoint file; the same as --init_from=<file>"),
+    **model_settings("sample"),
     "start": ("", "prompt text, or FILE:path to read it from a UTF-8 file; empty starts a new document"),
     "num_samples": (3, "how many samples to draw"),
     "max_new_tokens": (256, "tokens generated per sample"),

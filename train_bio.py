@@ -276,7 +276,7 @@ class Run:
     state: RunState = None
     compiled: bool = False  # model is torch.compile's
     activation: str = ""  # how the oscillating activation runs, for the start-up log
-    wandb: object = None
+    report: metrics.Reporter = None  # metrics.jsonl and wandb, from rank 0
     hellaswag_rows: list = None  # loaded once when hellaswag_interval > 0
     steps_done: int = 0  # by this process: the first compiled one includes the compilation
 
@@ -350,7 +350,8 @@ def setup_run(given, dist, device):
               tokens_per_iter=cfg.gradient_accumulation_steps * cfg.batch_size * cfg.block_size,
               accum=cfg.gradient_accumulation_steps // dist.world,
               peak_flops=gpu.resolve_peak_flops(cfg.peak_flops, device)[0], compiled=compiled,
-              activation=gpu.activation_choice(raw_model.config, device_type))
+              activation=gpu.activation_choice(raw_model.config, device_type),
+              report=metrics.Reporter(cfg.out_dir, dist.master))
     if ckpt is not None:
         restore(run, ckpt)
     if cfg.hellaswag_interval and not cfg.eval_only:  # read now: a bad file fails before any training
@@ -360,29 +361,14 @@ def setup_run(given, dist, device):
 
 def restore(run, ckpt):
     """Resume: optimizer, loss scale, counters and every random stream as they were saved."""
-    cfg, dist = run.cfg, run.dist
     saved = ckpt.get("train_config", {}).get("optimizer_type", "adamw")
-    if saved != cfg.optimizer_type:  # another optimizer's state cannot be loaded into this one
-        raise UserError(f"{cfg.out_dir}/ckpt.pt was trained with optimizer_type={saved!r}; resume with "
+    if saved != run.cfg.optimizer_type:  # another optimizer's state cannot be loaded into this one
+        raise UserError(f"{run.cfg.out_dir}/ckpt.pt was trained with optimizer_type={saved!r}; resume with "
                         f"--optimizer_type={saved}, or fine-tune from it with --init_from=<that path>")
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    if run.scaler.is_enabled() and ckpt.get("scaler"):
-        run.scaler.load_state_dict(ckpt["scaler"])
-    run.state = RunState(iter_num=ckpt["iter_num"], best_val_loss=float(ckpt.get("best_val_loss", float("inf"))),
-                         tokens=int(ckpt.get("tokens", ckpt["iter_num"] * run.tokens_per_iter)),
-                         last_eval_iter=int(ckpt.get("last_eval_iter", -1)), wandb_run_id=ckpt.get("wandb_run_id"),
-                         last_hellaswag_iter=int(ckpt.get("last_hellaswag_iter", -1)))
-    # one snapshot per process: rank_states under torchrun; a plain run saves its own as rng + sampler
-    snaps = ckpt.get("rank_states") or ([{**ckpt["rng"], "sampler": ckpt["sampler"]["generator"]}]
-                                        if "rng" in ckpt else [])
-    if len(snaps) == dist.world:  # plain <-> torchrun with one process is the same single stream
-        checkpoint.restore_rng(snaps[dist.rank], run.sampler)
-    else:
-        why = (f"was written by {len(snaps)} process(es), this run has {dist.world}" if snaps
-               else "holds no random-number state")
-        print0(dist, f"warning: {cfg.out_dir}/ckpt.pt {why}: batches and dropout will not continue exactly")
-        run.sampler.manual_seed(sampler_seed(cfg.seed, dist.rank) + run.state.iter_num)
-    print0(dist, f"resuming from {os.path.join(cfg.out_dir, 'ckpt.pt')} at iter {run.state.iter_num:,}")
+    counters = checkpoint.restore_training(ckpt, run.optimizer, run.scaler, run.sampler, run.dist,
+                                           sampler_seed(run.cfg.seed, run.dist.rank), run.tokens_per_iter,
+                                           os.path.join(run.cfg.out_dir, "ckpt.pt"))
+    run.state = RunState(**counters)
 
 
 def print_figures(run):
@@ -476,7 +462,7 @@ def estimate_loss(run):
 
 def score_hellaswag(run):
     """HellaSwag acc and acc_norm, each process scoring its share of the rows; rank 0 logs them."""
-    cfg, dist, state = run.cfg, run.dist, run.state
+    dist, state = run.dist, run.state
     mine = run.hellaswag_rows[dist.rank::dist.world]
     r = evaluate.score_hellaswag(run.raw_model, mine, run.data.device, run.ctx,  # raw: no recompiles per length
                                  show_progress=dist.master)
@@ -486,11 +472,9 @@ def score_hellaswag(run):
     acc, acc_norm = correct / n, correct_norm / n
     state.last_hellaswag_iter = state.iter_num
     print0(dist, f"step {state.iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} ({n:,} examples)")
-    if dist.master:
-        metrics.write_metrics(cfg.out_dir, {"kind": "hellaswag", "iter": state.iter_num, "acc": acc,
-                                            "acc_norm": acc_norm, "n": n, "tokens": state.tokens})
-        if run.wandb is not None:
-            run.wandb.log({"hellaswag/acc": acc, "hellaswag/acc_norm": acc_norm}, step=state.iter_num)
+    run.report.record({"kind": "hellaswag", "iter": state.iter_num, "acc": acc, "acc_norm": acc_norm, "n": n,
+                       "tokens": state.tokens},
+                      wandb={"hellaswag/acc": acc, "hellaswag/acc_norm": acc_norm}, step=state.iter_num)
 
 
 def save_latest(run, best):
@@ -518,15 +502,12 @@ def eval_and_save(run, lr, at_end):
     firing = run.raw_model.firing_share()  # since the last log line, mostly the eval batches; syncs the GPU
     print0(dist, f"step {state.iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}"
                  + (f", firing {firing * 100:.1f}%" if firing is not None else ""))
-    if dist.master:
-        metrics.write_metrics(cfg.out_dir, {"kind": "eval", "iter": state.iter_num, "train_loss": losses["train"],
-                                            "val_loss": losses["val"], "train_bpb": losses["train_bpb"],
-                                            "val_bpb": losses["val_bpb"], "tokens": state.tokens, "lr": lr,
-                                            "peak_mem_mb": metrics.peak_memory_mb(run.device)})
-        if run.wandb is not None:
-            run.wandb.log({"iter": state.iter_num, "train/loss": losses["train"], "val/loss": losses["val"],
-                           "train/bpb": losses["train_bpb"], "val/bpb": losses["val_bpb"],
-                           "lr": lr, "tokens": state.tokens}, step=state.iter_num)
+    run.report.record({"kind": "eval", "iter": state.iter_num, "train_loss": losses["train"], "val_loss": losses["val"],
+                       "train_bpb": losses["train_bpb"], "val_bpb": losses["val_bpb"], "tokens": state.tokens,
+                       "lr": lr, "peak_mem_mb": metrics.peak_memory_mb(run.device)},
+                      wandb={"iter": state.iter_num, "train/loss": losses["train"], "val/loss": losses["val"],
+                             "train/bpb": losses["train_bpb"], "val/bpb": losses["val_bpb"], "lr": lr,
+                             "tokens": state.tokens}, step=state.iter_num)
     if not (math.isfinite(losses["train"]) and math.isfinite(losses["val"])):
         print0(dist, f"warning: non-finite eval loss at iter {state.iter_num}: checkpoint not saved")
         return losses["val"], None
@@ -549,13 +530,10 @@ def log_iteration(run, it, loss, lr, dt):
     print0(dist, f"iter {it}: loss {loss:.4f}, time {dt * 1000:.2f} ms, mfu "
                  + (f"{mfu * 100:.2f}%" if mfu is not None else "unknown")
                  + (f", firing {firing * 100:.1f}%" if firing is not None else ""))
-    if dist.master:
-        metrics.write_metrics(cfg.out_dir, {"kind": "train", "iter": it, "loss": loss, "lr": lr, "dt_ms": dt * 1000,
-                                            "mfu": mfu, "tokens": run.state.tokens,
-                                            "tokens_per_sec": run.tokens_per_iter / dt, "firing_share": firing})
-        if run.wandb is not None:
-            run.wandb.log({"train/iter_loss": loss, "lr": lr, "mfu": mfu,
-                           "tokens_per_sec": run.tokens_per_iter / dt}, step=it)
+    run.report.record({"kind": "train", "iter": it, "loss": loss, "lr": lr, "dt_ms": dt * 1000, "mfu": mfu,
+                       "tokens": run.state.tokens, "tokens_per_sec": run.tokens_per_iter / dt, "firing_share": firing},
+                      wandb={"train/iter_loss": loss, "lr": lr, "mfu": mfu, "tokens_per_sec": run.tokens_per_iter / dt},
+                      step=it)
 
 
 # ---------------------------------------------------------------------------------------
@@ -597,15 +575,12 @@ def run_training(given, dist, device):
 
     if dist.master:
         os.makedirs(cfg.out_dir, exist_ok=True)
-        metrics.write_metrics(cfg.out_dir, {"kind": "start", "iter": state.iter_num,
-                                            "params": run.raw_model.get_num_params(),
-                                            "tokens_per_iter": run.tokens_per_iter, "config": dict(vars(given)),
-                                            "derived": run.derived, "time": time.time(), "device": device,
-                                            "dtype": run.dtype, "world_size": dist.world})
-        if cfg.wandb_log:
-            run.wandb = metrics.start_wandb(cfg.wandb_project, cfg.wandb_run_name,
-                                            {**vars(given), "derived": run.derived}, state.wandb_run_id)
-            state.wandb_run_id = run.wandb.id
+    run.report.record({"kind": "start", "iter": state.iter_num, "params": run.raw_model.get_num_params(),
+                       "tokens_per_iter": run.tokens_per_iter, "config": dict(vars(given)), "derived": run.derived,
+                       "time": time.time(), "device": device, "dtype": run.dtype, "world_size": dist.world})
+    if cfg.wandb_log:
+        state.wandb_run_id = run.report.start_wandb(cfg.wandb_project, cfg.wandb_run_name,
+                                                    {**vars(given), "derived": run.derived}, state.wandb_run_id)
 
     profiling = gpu.start_memory_profile(cfg.profile_memory, dist, device)
     reason, nan_streak, last_val, last_good = "max_iters", 0, float("nan"), None
@@ -654,11 +629,9 @@ def run_training(given, dist, device):
     if profiling:
         gpu.finish_memory_profile(cfg.out_dir, dist)
     elapsed = time.time() - t_start
-    if dist.master:
-        metrics.write_metrics(cfg.out_dir, {"kind": "end", "iter": state.iter_num, "best_val_loss": state.best_val_loss,
-                                            "tokens": state.tokens, "elapsed_s": elapsed, "reason": reason})
-        if run.wandb is not None:
-            run.wandb.finish()
+    run.report.record({"kind": "end", "iter": state.iter_num, "best_val_loss": state.best_val_loss,
+                       "tokens": state.tokens, "elapsed_s": elapsed, "reason": reason})
+    run.report.finish()
     return dict(iter=state.iter_num, best_val_loss=state.best_val_loss, tokens=state.tokens, elapsed_s=elapsed,
                 out_dir=cfg.out_dir, reason=reason, last_val_loss=last_val, checkpoint=last_good)
 

@@ -4,21 +4,10 @@ XOR with ONE neuron: the oscillating activation against monotonic ones.
     python xor_bio.py                      # 10 seeds, prints accuracy per activation and seed
     python xor_bio.py --plot=xor.png       # and draws the learned decision curves
 
-A single neuron y = f(w.x + b) sees the four XOR points x in {-1, +1}^2 with targets
-0 (equal inputs) and 1 (different inputs). The readout predicts 1 when y > 0.5. The loss is
-the mean squared error between y and the 0/1 target, minimised with Adam.
-
-With a monotonic f (ReLU, tanh) the set {z : f(z) > 0.5} is a half-line, so the neuron is a
-linear classifier in disguise and can get at most 3 of the 4 points right (75%): XOR is not
-linearly separable (Minsky & Papert 1969). GELU dips slightly below zero for negative z but
-{z : GELU(z) > 0.5} is still a half-line, so the same bound holds. The oscillating neuron
-f(z) = sin(omega*z + phi)*tanh(z) + baseline (model_bio.OscillatingActivation, the project's
-own activation and initialisation) is not monotonic: the two classes can land on different
-parts of its wave, so one neuron can get all four right.
-
-All seeds are trained at once as independent neurons side by side: every parameter tensor has
-one entry per seed, the loss is the sum of the per-seed losses and Adam's update is elementwise,
-so each seed follows exactly the path it would follow alone, and the whole run takes seconds.
+One neuron y = f(w.x + b) on the four XOR points, trained with Adam on the squared error, for
+the model's oscillating activation (model_bio.OscillatingActivation) and GELU, ReLU and tanh;
+all seeds train at once, side by side. Why a monotonic f gets at most 3 of the 4 points right:
+README.md, "Research tools".
 """
 
 import torch

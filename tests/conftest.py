@@ -62,3 +62,12 @@ class ScriptedModel(torch.nn.Module):
         logits = torch.zeros(1, 1, self.config.vocab_size)
         logits[0, 0, self.script[min(length - self.prompt_len, len(self.script) - 1)]] = 1.0
         return logits, None
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory):
+    """data/shakespeare built once for this module (train_bio builds it on first use)."""
+    root = tmp_path_factory.mktemp("root")
+    from wigglegpt import dataprep
+    dataprep.ensure_demo_data(str(root / "data" / "shakespeare"))
+    return root

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from conftest import tiny_config
 from model_bio import GPT, GPTConfig, OscillateFunction, apply_rope, rope_tables
+from wigglegpt import optim
 
 
 def test_published_124m_config_has_exact_parameter_count():
@@ -305,7 +306,7 @@ def test_kv_cache_prefill_and_decode_match_full_forward(overrides):
 
 def test_optimizer_groups_cover_every_parameter_once():
     model = GPT(tiny_config(use_sparse_gate=True))
-    opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), "cpu")
+    opt = optim.make_optimizer(model, "adamw", 0.1, 1e-3, (0.9, 0.95), "cpu")
     decay, no_decay = opt.param_groups
     ids = [id(p) for g in opt.param_groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(model.parameters()))

@@ -1,21 +1,10 @@
 """
 Checkpoints: the one place that writes and reads them, for every script.
 
-This project's checkpoints are dicts with
-    format        'wigglegpt-bio/1'
-    model         the uncompiled module's state dict (no '_orig_mod.' prefix)
-    config        the GPTConfig fields, so GPTConfig(**ckpt['config']) rebuilds the model
-    model_args    the same dict, under the name the original code used
-    train_config  the training settings, plus optimizer, scaler, iter_num, best_val_loss,
-                  rng, sampler and wandb_run_id when written by train_bio.py
-
-The original WiggleGPT files (the published ckpt_pretrain.pt / ckpt_finetune.pt) have
-model_args for the model, the whole training config under 'config', and state-dict keys that
-may carry torch.compile's '_orig_mod.' prefix. The v2 files (the 45.31M sparse model) also
-have no switch for their gate: its weights (mlp.sparse_gate.*) say it is the event-layer gate.
-Both formats load here, always with weights_only=True.
-Writes are atomic (temporary file, fsync, rename): a crash mid-write never costs the last
-good checkpoint.
+Writes are atomic (temporary file, fsync, rename), reads always use weights_only=True, and the
+original WiggleGPT files load beside this project's own (wigglegpt.compat translates them).
+Also here: what train_bio.py keeps and restores for an exact resume (the RNG snapshots) and
+ckpt_best.pt as a hard link. The formats: README.md, "Loading the published checkpoints".
 """
 
 import os
@@ -30,7 +19,7 @@ from wigglegpt import oscillate_triton  # noqa: F401  (registers the fused op wi
 from wigglegpt import compat
 from wigglegpt.common import CheckpointError, write_error
 from wigglegpt.compat import clean_state_dict
-from wigglegpt.distributed import all_gather
+from wigglegpt.distributed import all_gather, print0
 
 FORMAT = "wigglegpt-bio/1"
 
@@ -218,3 +207,29 @@ def restore_rng(snap, sampler):
 def gather_rng(sampler, dist):
     """Every process's snapshot (a collective: all ranks call it together)."""
     return all_gather(rng_snapshot(sampler), dist)
+
+
+def restore_training(ckpt, optimizer, scaler, sampler, dist, fresh_seed, tokens_per_iter, path):
+    """Resume from a training checkpoint: the optimizer and loss-scale state and this process's
+    random streams (fresh_seed + iter_num when the checkpoint has none for this many processes).
+    Returns the run's counters {iter_num, best_val_loss, tokens, last_eval_iter, wandb_run_id,
+    last_hellaswag_iter}."""
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scaler.is_enabled() and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    counters = dict(iter_num=ckpt["iter_num"], best_val_loss=float(ckpt.get("best_val_loss", float("inf"))),
+                    tokens=int(ckpt.get("tokens", ckpt["iter_num"] * tokens_per_iter)),
+                    last_eval_iter=int(ckpt.get("last_eval_iter", -1)), wandb_run_id=ckpt.get("wandb_run_id"),
+                    last_hellaswag_iter=int(ckpt.get("last_hellaswag_iter", -1)))
+    # one snapshot per process: rank_states under torchrun; a plain run saves its own as rng + sampler
+    snaps = ckpt.get("rank_states") or ([{**ckpt["rng"], "sampler": ckpt["sampler"]["generator"]}]
+                                        if "rng" in ckpt else [])
+    if len(snaps) == dist.world:  # plain <-> torchrun with one process is the same single stream
+        restore_rng(snaps[dist.rank], sampler)
+    else:
+        why = (f"was written by {len(snaps)} process(es), this run has {dist.world}" if snaps
+               else "holds no random-number state")
+        print0(dist, f"warning: {path} {why}: batches and dropout will not continue exactly")
+        sampler.manual_seed(fresh_seed + counters["iter_num"])
+    print0(dist, f"resuming from {path} at iter {counters['iter_num']:,}")
+    return counters

@@ -2,22 +2,10 @@
 The preparation engine behind every prepare script: stream rows from a dataset, turn each
 row into tokens (and, for chat, a loss mask), and append them to train.bin / val.bin.
 
-Outputs in out_dir (what train_bio.py reads):
-    train.bin, val.bin             uint16 GPT-2 token ids, each document followed by EOT (50256)
-    train_mask.bin, val_mask.bin   uint8, one per token, 1 where the loss applies (chat only)
-    meta.json                      vocab size, token and document counts, skipped rows by reason
-
-How it stays safe on a corpus far bigger than memory:
-- Rows are read lazily and encoded a batch at a time (GPT-2 BPE in worker processes, while
-  this process reads and writes); tokens are appended to the files every few MB.
-- The split is decided per document from its content: a document goes to val when the
-  blake2b hash of its tokens falls under val_fraction. The same document always lands in the
-  same split whatever the order, the batch size or an interruption, and duplicated documents
-  cannot straddle train and val.
-- Files are written as *.partial.bin and renamed to their final names only at the end. After
-  every flushed chunk a small progress file (rows consumed, bytes per file) is replaced
-  atomically, so --resume cuts the partial files back to the recorded sizes, skips the rows
-  already consumed, and ends byte-identical to a run that was never interrupted.
+Made for corpora far bigger than memory: rows are read lazily and encoded in batches by worker
+processes, a document's split follows from a hash of its tokens, and the files grow as
+*.partial.bin beside a progress file, so --resume continues exactly. The files it writes and
+its rules: README.md, "Prepare data".
 """
 
 import glob

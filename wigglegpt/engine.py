@@ -4,16 +4,9 @@ Generation: a prompt in, new token ids out one at a time, over the model's KV ca
     for token in generate(model, prompt_ids, max_new_tokens=100, temperature=0.8, top_k=200):
         ...
 
-The prompt goes through the model once (prefill), which fills every layer's cache of keys
-and values; after that each step feeds only the newest token. When the context reaches
-block_size it is cropped to its last block_size tokens and the cache is refilled from them:
-a cached key remembers the position it was made at (RoPE angle or learned wpe row), so it
-cannot simply be shifted. The tokens are therefore exactly those of a loop that recomputes
-the last block_size tokens at every step (use_cache=False, kept for tests and benchmarks).
-
-A TokenCache remembers which ids its KV cache holds, so a later prompt that begins with them
-(the next chat turn) is prefilled only from where it differs. Stop strings, which span several
-BPE tokens, are handled on the text side by stream_text.
+Also the sampling options (SAMPLING, PRESETS), TokenCache (a later prompt that starts with the
+same ids, the next chat turn, is prefilled only from where it differs) and stream_text (tokens to
+text, with stop strings). How the cache meets the context limit: README.md, "Sample and chat".
 """
 
 import sys

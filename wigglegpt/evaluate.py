@@ -1,22 +1,9 @@
 """
-Evaluation: the one module train_bio.py, compare_bio.py and eval_bio.py score models with.
+Evaluation: the one module train_bio.py and eval_bio.py score models with.
 
-Validation loss and bits per byte, on a prepared dataset folder (val.bin of uint16 GPT-2 ids):
-  - the windows are drawn at seeded random offsets, so every call (and every model) sees the
-    same tokens and runs compare;
-  - loss is the mean cross-entropy (nats) over every predicted token;
-  - bits per byte = total nats / ln 2 / total UTF-8 bytes of the predicted (target) tokens.
-    Unlike loss per token it does not depend on the tokenizer. Ids that are no text count
-    0 bytes: <|endoftext|> (50256, a document boundary) and the padding ids 50257..50303
-    the model's vocabulary adds past the tokenizer's.
-
-HellaSwag (Zellers et al. 2019), completion style as llm.c scores it: the context `ctx`, then
-each of the 4 endings tokenized as " " + ending; an ending's score is the cross-entropy over
-its own tokens only. acc picks the lowest summed loss, acc_norm the lowest mean loss per
-token. The 4 endings of an example run as one right-padded batch; padding sits after the
-scored tokens of a causal model and is masked out of the loss, so it never changes a score.
-When context + ending exceed block_size, the last block_size tokens are kept (the context
-is cut from the left) and the example is counted as truncated.
+Validation loss and bits per byte over seeded windows of a prepared val.bin (one loop,
+loss_sums, for training's evals and eval_bio.py), and HellaSwag (Zellers et al. 2019) scored
+completion style as llm.c does. The definitions: README.md, "Evaluation".
 """
 
 import json

@@ -7,16 +7,8 @@ sampling, chat and evaluation treat GPT-2 like any of our checkpoints.
     python train_bio.py config/shakespeare_gelu.py --init_from=gpt2-medium   # fine-tune GPT-2
     python sample_bio.py --init_from=path/to/folder   # written by transformers' save_pretrained
 
-Names (gpt2, gpt2-medium, gpt2-large, gpt2-xl) need the Hub or the local Hugging Face cache;
-a save_pretrained folder works offline. transformers is optional and imported only here, when
-a GPT-2 source is actually loaded.
-
-The conversion, as GPT-2 is built: LayerNorm with bias (eps 1e-5, which is also nn.LayerNorm's
-default used by our LayerNorm), a learned position table, biases everywhere, the tanh
-approximation of GELU (gelu_approximate='tanh'), the lm_head tied to the token embedding.
-The vocabulary stays at GPT-2's 50,257 ids (not padded to a multiple of 64), so the logits
-are GPT-2's own, one for one. transformers keeps the attention and MLP weights in Conv1D
-layers, which store them as (in, out); our nn.Linear wants (out, in): they are transposed.
+wigglegpt.loader calls load_gpt2 for these sources; transformers is optional and imported only
+then. The conversion, weight by weight: README.md, "GPT-2 as the reference".
 """
 
 import os

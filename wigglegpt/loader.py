@@ -14,6 +14,13 @@ INIT_FROM_MEANING = ("'resume' (out_dir/ckpt.pt), a checkpoint file, or GPT-2: g
                      "gpt2-xl or a transformers save_pretrained folder")
 
 
+def model_settings(purpose):
+    """The settings that name the model, for the scripts that load one (wigglegpt.settings format)."""
+    return {"out_dir": ("out", f"folder of the checkpoint to {purpose} (its ckpt.pt) with init_from='resume'"),
+            "init_from": ("resume", INIT_FROM_MEANING),
+            "ckpt": ("", "checkpoint file; the same as --init_from=<file>")}
+
+
 def model_source(ckpt, init_from, default="resume"):
     """The model --ckpt and --init_from name (init_from's default is the script's): one of them."""
     if ckpt and init_from and init_from != default:

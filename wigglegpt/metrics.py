@@ -48,3 +48,29 @@ def start_wandb(project, name, config, run_id):
     if run_id:
         kwargs.update(id=run_id, resume="allow")  # the same run continues on resume
     return wandb.init(**kwargs)
+
+
+class Reporter:
+    """What rank 0 records: a line of metrics.jsonl per record and, once started, its wandb point.
+    On the other ranks every call does nothing."""
+
+    def __init__(self, out_dir, master):
+        self.out_dir, self.master, self.wandb = out_dir, master, None
+
+    def start_wandb(self, project, name, config, run_id):
+        """Start (or, with run_id, continue) the wandb run; returns its id."""
+        if self.master:
+            self.wandb = start_wandb(project, name, config, run_id)
+            return self.wandb.id
+        return run_id
+
+    def record(self, record, wandb=None, step=None):
+        if not self.master:
+            return
+        write_metrics(self.out_dir, record)
+        if self.wandb is not None and wandb:
+            self.wandb.log(wandb, step=step)
+
+    def finish(self):
+        if self.wandb is not None:
+            self.wandb.finish()

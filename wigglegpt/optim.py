@@ -1,16 +1,8 @@
 """
 The optimizers train_bio.py can use, as the original WiggleGPT offered them (optimizer_type):
-
-    adamw      torch AdamW, fused on CUDA (the default, and the published runs' optimizer)
-    adamw8bit  bitsandbytes AdamW8bit: 8-bit optimizer state, ~75% less of it (CUDA only,
-               pip install -r requirements-optional.txt)
-    lion       Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), written
-               here: one state tensor, sign updates. Use a learning rate ~3-10x below AdamW's and
-               a weight decay ~3-10x above, as the paper advises
-    adafactor  torch.optim.Adafactor: factored second moments, little state; betas unused
-
-Every one gets the model's parameter groups (GPT.parameter_groups: weight decay on matrices
-and embeddings, none on norms, biases and the neurons' omega, phi and baseline).
+adamw (the default), adamw8bit, lion (written here) and adafactor, each built by make_optimizer
+over the model's parameter groups (GPT.parameter_groups). What each one is and the learning
+rate it wants: README.md, "Train".
 """
 
 import torch

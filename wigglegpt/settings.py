@@ -2,11 +2,9 @@
 Settings for every script: defaults, then a config file, then --key=value overrides.
 
 Each script declares its settings as {name: (default, "one-line meaning")}, optionally followed
-by literal values the setting also takes ('auto' for batch_size, None = off for top_k). Config files
-stay plain Python assignments (users edit them per GPU) but are read into a dict and checked
-like command-line overrides, so a typo is an error that names the key and the closest valid
-ones, never a silently new global. Also here: the one-line error every script prints for bad
-input, and the choice of device and dtype, shared by training, sampling and chat.
+by literal values the setting also takes, and reads them with load_settings (--help lists them).
+Config files are checked like the overrides, so a typo is an error that names the closest key.
+The one-line error for bad input and the choice of device and dtype are in wigglegpt/common.py.
 """
 
 import ast

@@ -1,15 +1,10 @@
 """
 The tokenizer and chat template every script uses.
 
-The tokenizer is GPT-2 BPE (same ids as tiktoken.get_encoding("gpt2")), built from the
-vendored data/gpt2.tiktoken so that nothing is downloaded. The chat template is the one of
-the published fine-tuned checkpoint, written as plain text tokens (not special tokens):
-
-    <|system|>\n{text}\n<|/system|>\n<|user|>\n{text}\n<|/user|>\n<|assistant|>\n{text}\n<|/assistant|><|endoftext|>
-
-(the whole conversation encoded as one string; see render_conversation). Only <|endoftext|>
-(id 50256) is a special token. The training mask is 1 exactly on what the model must learn to
-write: the assistant's text plus its closing tag "\n<|/assistant|>", so it learns when to stop.
+GPT-2 BPE with tiktoken's "gpt2" ids, built from the vendored data/gpt2.tiktoken (nothing is
+downloaded), and the published fine-tune's chat template in plain-text tags: render_conversation
+gives a conversation's ids and loss mask, render_prompt the ids of a prompt to reply to.
+The template, token for token: README.md, "Fine-tune for chat".
 """
 
 import base64

@@ -1,20 +1,11 @@
 """
 Chat in the browser: `python chat_bio.py --ckpt=ckpt_finetune.pt --web`.
 
-A small FastAPI app around the terminal chat's model and defaults (a chat_bio.Chat):
-
-    GET  /           the page (chat_web.html: plain HTML/JS/CSS, nothing from a CDN)
-    GET  /api/info   health and the model: name, parameters, context, the chat's defaults
-    POST /api/chat   {"messages": [{"role", "content"}, ...], "temperature": 0.7, ...}
-                     -> server-sent events: start {id, prompt_tokens, dropped_messages},
-                        token {text} ..., then done {reason, tokens} or error {error}
-    POST /api/stop   {"id": ...} ends that reply on the server
-
-The prompt is made as in the terminal: the same template, the same trimming of the oldest
-turns (chat_bio.fit_history), the same stop strings. One model writes one reply at a time,
-so replies are made on one worker thread in the order they were asked for; the event loop
-stays free meanwhile. A reply ends early, between two tokens, when its client disconnects or
-someone posts its id to /api/stop.
+A small FastAPI app: the page (chat_web.html) and an HTTP API (/api/info, /api/chat as
+server-sent events, /api/stop) around the terminal's wigglegpt.chat.Chat, so the prompt, its
+trimming and the stop strings are the terminal's. Replies are written one at a time on one
+worker thread, in the order asked, while the event loop stays free. The API: README.md,
+"Chat in the browser".
 """
 
 import asyncio
@@ -271,7 +262,7 @@ async def read_json(request):
 
 
 def create_app(chat, name):
-    """The FastAPI app serving chat (a chat_bio.Chat: model, cache, defaults) under name."""
+    """The FastAPI app serving chat (a wigglegpt.chat.Chat: model, cache, defaults) under name."""
     from contextlib import asynccontextmanager
 
     fastapi = require("fastapi")

@@ -1,5 +1,5 @@
 """
-Protects the chat and sampling habits of the original WiggleGPT chat.py: bare quit/exit/clear
+Protects wigglegpt/chat.py and chat_bio.py, the chat habits of the original WiggleGPT chat.py: bare quit/exit/clear
 (and their /slash forms), a reply that ends where the model starts a user turn of its own with
 nothing of the tag shown, a default reply length that fits small contexts (a 128-token model
 chats with no settings), the --preset=original sampling (explicit settings win), the

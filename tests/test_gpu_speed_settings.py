@@ -1,4 +1,4 @@
-"""Protects the speed switches of training: activation_kernel ('auto' | 'triton' | 'torch') and
+"""Protects the speed switches of training (compile_choice and activation_choice in wigglegpt/gpu.py): activation_kernel ('auto' | 'triton' | 'torch') and
 compile ('auto' | True | False) as settings, their one-line errors, what the start-up log says
 runs, compile='auto' choosing eager off CUDA and without Triton, a compiled run's first eval
 running eager (the no-grad graph is not compiled before the training graph), the first compiled
