@@ -462,16 +462,11 @@ def estimate_loss(run):
 
 def score_hellaswag(run):
     """HellaSwag acc and acc_norm, each process scoring its share of the rows; rank 0 logs them."""
-    dist, state = run.dist, run.state
-    mine = run.hellaswag_rows[dist.rank::dist.world]
-    r = evaluate.score_hellaswag(run.raw_model, mine, run.data.device, run.ctx,  # raw: no recompiles per length
-                                 show_progress=dist.master)
-    counts = all_reduce_mean(torch.tensor([r["correct"], r["correct_norm"], r["n"]], dtype=torch.float32,
-                                          device=run.data.device), dist)  # float32: MPS has no float64
-    correct, correct_norm, n = (round(c * dist.world) for c in counts.tolist())
-    acc, acc_norm = correct / n, correct_norm / n
+    state = run.state
+    acc, acc_norm, n = evaluate.score_hellaswag_shared(run.raw_model, run.hellaswag_rows, run.data.device, run.ctx,
+                                                       run.dist)  # raw: no recompiles per length
     state.last_hellaswag_iter = state.iter_num
-    print0(dist, f"step {state.iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} ({n:,} examples)")
+    print0(run.dist, f"step {state.iter_num}: hellaswag acc {acc:.4f}, acc_norm {acc_norm:.4f} ({n:,} examples)")
     run.report.record({"kind": "hellaswag", "iter": state.iter_num, "acc": acc, "acc_norm": acc_norm, "n": n,
                        "tokens": state.tokens},
                       wandb={"hellaswag/acc": acc, "hellaswag/acc_norm": acc_norm}, step=state.iter_num)
@@ -480,16 +475,11 @@ def score_hellaswag(run):
 def save_latest(run, best):
     """ckpt.pt (and ckpt_best.pt when best) from rank 0, every rank joining the RNG gather;
     returns its path on rank 0."""
-    rngs, state, dist = checkpoint.gather_rng(run.sampler, run.dist), run.state, run.dist
-    if not dist.master:
+    rngs = checkpoint.gather_rng(run.sampler, run.dist)
+    if not run.dist.master:
         return None
-    ckpt = checkpoint.checkpoint_dict(
-        run.raw_model, optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(),
-        train_config=dict(vars(run.cfg)), iter_num=state.iter_num, best_val_loss=float(state.best_val_loss),
-        tokens=state.tokens, last_eval_iter=state.last_eval_iter, last_hellaswag_iter=state.last_hellaswag_iter,
-        rng={k: v for k, v in rngs[0].items() if k != "sampler"},
-        sampler={"generator": rngs[0]["sampler"], "world_size": dist.world},
-        rank_states=rngs if dist.ddp else None, wandb_run_id=state.wandb_run_id)
+    ckpt = checkpoint.training_checkpoint(run.raw_model, run.optimizer, run.scaler, dict(vars(run.cfg)),
+                                          vars(run.state), rngs, run.dist)
     return checkpoint.save_training(run.cfg.out_dir, ckpt, best)
 
 

@@ -149,6 +149,19 @@ def model_with_weights(config, state, source, **overrides):
 # ---------------------------------------------------------------------------------------
 # training checkpoints: the latest and the best, and every random stream for an exact resume
 
+def training_checkpoint(model, optimizer, scaler, train_config, state, rngs, dist):
+    """What train_bio.py saves: the model, the optimizer and loss-scale state, the run's settings,
+    its counters (state: iter_num, best_val_loss, tokens, last_eval_iter, last_hellaswag_iter,
+    wandb_run_id) and every process's random streams (rngs, one snapshot per rank)."""
+    return checkpoint_dict(
+        model, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), train_config=train_config,
+        iter_num=state["iter_num"], best_val_loss=float(state["best_val_loss"]), tokens=state["tokens"],
+        last_eval_iter=state["last_eval_iter"], last_hellaswag_iter=state["last_hellaswag_iter"],
+        rng={k: v for k, v in rngs[0].items() if k != "sampler"},
+        sampler={"generator": rngs[0]["sampler"], "world_size": dist.world},
+        rank_states=rngs if dist.ddp else None, wandb_run_id=state["wandb_run_id"])
+
+
 def save_training(out_dir, ckpt, best):
     """Write out_dir/ckpt.pt, and ckpt_best.pt when best; returns the ckpt.pt path."""
     path = os.path.join(out_dir, "ckpt.pt")

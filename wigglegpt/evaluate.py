@@ -19,6 +19,7 @@ from wigglegpt import tokenizer
 from wigglegpt.checkpoint import unwrap
 from wigglegpt.common import UserError
 from wigglegpt.data import open_split
+from wigglegpt.distributed import all_reduce_mean
 
 HELLASWAG_HUB = "Rowan/hellaswag"
 N_ENDINGS = 4
@@ -235,3 +236,12 @@ def score_hellaswag(model, rows, device="cpu", autocast=None, desc="hellaswag", 
     n = len(rows)
     return dict(acc=correct / n if n else float("nan"), acc_norm=correct_norm / n if n else float("nan"),
                 correct=correct, correct_norm=correct_norm, n=n, truncated=truncated, predictions=predictions)
+
+
+def score_hellaswag_shared(model, rows, device, autocast, dist):
+    """(acc, acc_norm, n) of HellaSwag over rows, each process scoring its share (a collective)."""
+    r = score_hellaswag(model, rows[dist.rank::dist.world], device, autocast, show_progress=dist.master)
+    counts = all_reduce_mean(torch.tensor([r["correct"], r["correct_norm"], r["n"]], dtype=torch.float32,
+                                          device=device), dist)  # float32: MPS has no float64
+    correct, correct_norm, n = (round(c * dist.world) for c in counts.tolist())
+    return correct / n, correct_norm / n, n
