@@ -1,1 +1,1 @@
-"""WiggleGPT's machinery, a module per concern, used by the top-level scripts and model_bio."""
+"""WiggleGPT's machinery, a module per concern, used by the top-level scripts (README: Code map)."""
