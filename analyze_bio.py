@@ -17,12 +17,16 @@ import numpy as np
 import torch
 
 from model_bio import OscillateFunction
+from wigglegpt import hub
 from wigglegpt.checkpoint import CheckpointError, clean_state_dict, is_original_format, load_checkpoint, model_config
-from wigglegpt.common import UserError, run_main
+from wigglegpt.common import UserError, run_main, write_error
+from wigglegpt.loader import REVISION_MEANING
 from wigglegpt.settings import load_settings
 
 SETTINGS = {
-    "ckpt": ("", "checkpoint to analyze (this project's format or the original WiggleGPT one)"),
+    "ckpt": ("", "checkpoint to analyze (this project's format or the original WiggleGPT one; hf://OWNER/REPO/FILE "
+                 "for one on the Hub)"),
+    "revision": ("", REVISION_MEANING),
     "compare": ("", "a second checkpoint of the same shape: print the stability table from ckpt to it"),
     "plots": ("", "folder for PNG histograms and activation curves (default: no plots)"),
     "seed": (0, "random seed for the random neurons drawn in the activation-curve plot"),
@@ -45,12 +49,14 @@ PARAMS = tuple(STATE_NAMES)
 # ---------------------------------------------------------------------------------------
 # reading the neurons out of a checkpoint
 
-def load_neurons(path):
+def load_neurons(path, revision=""):
     """The oscillating parameters of a checkpoint, per layer, as float64 numpy arrays.
 
     Returns dict(path, config, info, layers) with layers a list of
     {"omega", "phi", "baseline"[, "gate_weight", "gate_bias"]} per transformer block.
     """
+    if hub.is_hub_name(path):
+        path = hub.resolve(path, revision)
     ckpt = load_checkpoint(path)
     config = model_config(ckpt, path)
     state = clean_state_dict(ckpt["model"])
@@ -481,20 +487,26 @@ def main(argv=None):
     cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
     if not cfg.ckpt:
         raise UserError("give the checkpoint to analyze: --ckpt=path/to/ckpt.pt")
-    neurons = load_neurons(cfg.ckpt)
+    if cfg.plots and os.path.exists(cfg.plots) and not os.path.isdir(cfg.plots):
+        raise UserError(f"--plots={cfg.plots} is a file; give a folder for the figures")
+    neurons = load_neurons(cfg.ckpt, cfg.revision)
     stats = analyze(neurons["layers"])
     print_card(neurons, stats)
     sets = [(cfg.ckpt, neurons["layers"])]
     cmp = None
     if cfg.compare:
-        other = load_neurons(cfg.compare)
+        other = load_neurons(cfg.compare, cfg.revision)
         check_same_shape(neurons, other)
         cmp = compare(neurons["layers"], other["layers"])
         print_stability(neurons, other, cmp)
         sets.append((cfg.compare, other["layers"]))
     if cfg.plots:
         print()
-        for path in write_plots(cfg.plots, sets, seed=cfg.seed):
+        try:
+            paths = write_plots(cfg.plots, sets, seed=cfg.seed)
+        except OSError as e:  # no permission, a full disk, a file in the way
+            raise write_error(cfg.plots, e, "run again") from None
+        for path in paths:
             print(f"wrote {path}")
     return dict(stats=stats, compare=cmp)
 

@@ -121,7 +121,7 @@ def main(argv=None):
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     model, path = load_for_inference(model_source(cfg.ckpt, cfg.init_from), cfg.out_dir, device,
-                                     needs_tokenizer="sampling")
+                                     needs_tokenizer="sampling", revision=cfg.revision)
     chat = Chat(model, system=cfg.system, max_new_tokens=reply_budget(cfg.max_new_tokens, model.config.block_size),
                 seed=cfg.seed if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype), **sampling)
     if cfg.web:

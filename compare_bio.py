@@ -19,7 +19,7 @@ import statistics
 import subprocess
 import sys
 
-from wigglegpt.common import UserError, run_main
+from wigglegpt.common import UserError, run_main, write_error
 from wigglegpt.settings import load_settings, read_config_file
 
 SETTINGS = {
@@ -58,8 +58,14 @@ def metrics_path(path):
 def read_metrics(path):
     """The records of a metrics.jsonl, in order. A cut-off last line (a crash mid-write) is skipped."""
     file = metrics_path(path)
-    with open(file, encoding="utf-8") as f:
-        lines = [line for line in f.read().splitlines() if line.strip()]
+    with open(file, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{file} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}): "
+                        "not a metrics.jsonl of train_bio.py") from None
+    lines = [line for line in text.splitlines() if line.strip()]
     records = []
     for n, line in enumerate(lines, 1):
         try:
@@ -475,6 +481,18 @@ def plot_bands(groups, path):
     plt.close(fig)
 
 
+def check_plot_path(path):
+    """Refuse, before any run is read or trained, a plot path that cannot be written: a folder
+    of that name, or a file where one of its folders should be."""
+    if os.path.isdir(path):
+        raise UserError(f"--plot={path} is a folder; give a .png file (or 'none')")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):  # the folders plot_curves would make
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise UserError(f"--plot={path}: {folder} is a file, not a folder; choose another --plot (or --out_root)")
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     paths = [a for a in argv if not a.startswith("-")]  # run folders, metrics files or (--run) configs
@@ -486,6 +504,9 @@ def main(argv=None):
         raise UserError(f"max_iters must not be negative, got {cfg.max_iters}")
     if cfg.seeds < 1:
         raise UserError(f"seeds must be at least 1, got {cfg.seeds}")
+    plot = cfg.plot or os.path.join(cfg.out_root, "compare.png")
+    if plot.lower() != "none":
+        check_plot_path(plot)
     if cfg.run:
         groups = train_runs(paths, cfg)
     else:
@@ -505,12 +526,14 @@ def main(argv=None):
     print_table(rows)
     if multi:
         print_seed_summary(grouped_rows)
-    plot = cfg.plot or os.path.join(cfg.out_root, "compare.png")
     if plot.lower() != "none":
-        if multi:
-            plot_bands(grouped_rows, plot)
-        else:
-            plot_curves(rows, plot)
+        try:
+            if multi:
+                plot_bands(grouped_rows, plot)
+            else:
+                plot_curves(rows, plot)
+        except OSError as e:  # no permission, a full disk
+            raise write_error(plot, e, "run again") from None
         print(f"wrote {plot}")
     return rows
 

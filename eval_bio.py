@@ -16,13 +16,15 @@ import time
 
 from wigglegpt import dataprep
 from wigglegpt.evaluate import load_hellaswag, score_hellaswag, val_loss_bpb
-from wigglegpt.loader import load_for_inference, model_source
-from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, run_main
+from wigglegpt.loader import REVISION_MEANING, load_for_inference, model_source
+from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, run_main, write_error
 from wigglegpt.settings import load_settings
 
 SETTINGS = {
     "ckpt": ("", "checkpoint to evaluate (this project's format or the original WiggleGPT files)"),
-    "init_from": ("", "instead of --ckpt: GPT-2 weights, 'gpt2', 'gpt2-medium', ... (needs transformers)"),
+    "init_from": ("", "instead of --ckpt: hf://OWNER/REPO[/FILE], an export folder, or GPT-2 weights, 'gpt2', "
+                      "'gpt2-medium', ... (needs transformers)"),
+    "revision": ("", REVISION_MEANING),
     "tasks": ("val", "comma-separated tasks: val (loss and bits per byte), hellaswag"),
     "data_root": ("data", "folder that holds the dataset folders"),
     "dataset": ("openwebtext", "dataset folder under data_root whose val.bin the val task reads"),
@@ -59,6 +61,8 @@ def check(cfg):
     folder = os.path.dirname(os.path.abspath(cfg.out)) if cfg.out else ""
     if folder and not os.path.isdir(folder):
         raise UserError(f"--out={cfg.out}: folder {folder} does not exist")
+    if cfg.out and os.path.isdir(cfg.out):
+        raise UserError(f"--out={cfg.out} is a folder; give a file to append the results to")
 
 
 def run_tasks(cfg, tasks, model, device, autocast):
@@ -97,14 +101,19 @@ def main(argv=None):
     tasks = parse_tasks(cfg.tasks)
     device = pick_device(cfg.device)
     autocast = autocast_for(device, pick_dtype(cfg.dtype, device))
-    model, name = load_for_inference(model_source(cfg.ckpt, cfg.init_from, default=""), device=device)
+    model, name = load_for_inference(model_source(cfg.ckpt, cfg.init_from, default=""), device=device,
+                                     revision=cfg.revision)
     results = run_tasks(cfg, tasks, model, device, autocast)
     print_table(name, results)
     if cfg.out:
         now = time.time()
-        with open(cfg.out, "a", encoding="utf-8") as f:
-            for task, metric, value, n in results:
-                f.write(json.dumps(dict(model=name, task=task, metric=metric, value=value, n=n, time=now)) + "\n")
+        lines = "".join(json.dumps(dict(model=name, task=task, metric=metric, value=value, n=n, time=now)) + "\n"
+                        for task, metric, value, n in results)
+        try:
+            with open(cfg.out, "a", encoding="utf-8") as f:
+                f.write(lines)
+        except OSError as e:  # a full disk, no permission: the table above still has the results
+            raise write_error(cfg.out, e, "run again") from None
         print(f"appended {len(results)} result(s) to {cfg.out}")
     return results
 

@@ -20,12 +20,14 @@ import torch.nn.functional as F
 from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, run_main
 
 MODEL_NAME = "wigglegpt"
+MODEL_ARGS = ("ckpt", "init_from", "revision", "device", "dtype", "batch_size", "max_batch_size")
 
 
 def _import_lm_eval():
     try:
         import lm_eval.api.model
         import lm_eval.api.registry
+        import lm_eval.utils
     except ImportError:
         raise UserError("lm-evaluation-harness is not installed: pip install -r requirements-optional.txt "
                         "(or pip install lm-eval)") from None
@@ -63,7 +65,26 @@ def model_class():
 
     @lm_eval.api.registry.register_model(MODEL_NAME)
     class WiggleGPTLM(lm_eval.api.model.LM):
-        def __init__(self, ckpt="", init_from="", device=None, dtype="auto", batch_size=8, max_batch_size=None):
+        @classmethod
+        def create_from_arg_string(cls, arg_string, additional_config=None):
+            return cls.create_from_arg_obj(lm_eval.utils.simple_parse_args_string(arg_string), additional_config)
+
+        @classmethod
+        def create_from_arg_obj(cls, arg_dict, additional_config=None):
+            """--model_args, then what the harness adds (--device, --batch_size, ...) for what they
+            leave out: device=... in --model_args wins over --device and its default cuda:0, as
+            the harness's own models take it; an argument it cannot use is one line."""
+            args = dict(arg_dict)
+            for key, value in (additional_config or {}).items():
+                if value is not None and key not in args:
+                    args[key] = value
+            unknown = sorted(set(args) - set(MODEL_ARGS))
+            if unknown:
+                raise UserError(f"--model_args {unknown[0]}=...: the wigglegpt model takes {', '.join(MODEL_ARGS)}")
+            return cls(**args)
+
+        def __init__(self, ckpt="", init_from="", revision="", device=None, dtype="auto", batch_size=8,
+                     max_batch_size=None):
             super().__init__()
             if device and device.startswith("cuda") and not torch.cuda.is_available():
                 # lm_eval's command line asks for cuda:0 unless told otherwise
@@ -78,7 +99,8 @@ def model_class():
                 raise UserError(f"batch_size={batch_size!r}: give a whole number of sequences") from None
             if self.batch_size <= 0:
                 raise UserError(f"batch_size must be positive, got {self.batch_size}")
-            self.model, self.name = load_for_inference(model_source(ckpt, init_from, default=""), device=self._device)
+            self.model, self.name = load_for_inference(model_source(ckpt, init_from, default=""), device=self._device,
+                                                       revision=revision)
             self.block_size = self.model.config.block_size
 
         @property
@@ -178,7 +200,13 @@ def main(argv=None):
     model_class()
     from lm_eval.__main__ import cli_evaluate
     sys.argv = [sys.argv[0]] + list(sys.argv[1:] if argv is None else argv)
-    cli_evaluate()
+    try:
+        cli_evaluate()
+    except ValueError as e:
+        if str(e).startswith("Tasks not found"):  # the harness's own words for a task name it does not know
+            raise UserError(f"{e}; `python lm_eval_bio.py ls tasks` lists them "
+                            "(your own: --include_path=FOLDER)") from None
+        raise
 
 
 if __name__ == "__main__":

@@ -39,8 +39,11 @@ def read_prompt(start):
     path = start[len("FILE:"):]
     if not os.path.isfile(path):
         raise UserError(f"prompt file not found: {path}")
-    with open(path, "rb") as f:
-        data = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:  # no permission, a vanished disk
+        raise UserError(f"cannot read prompt file {path}: {e.strerror or e}") from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -87,7 +90,8 @@ def main(argv=None):
     text = read_prompt(cfg.start)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
-    model, _ = load_for_inference(model_source(cfg.ckpt, cfg.init_from), cfg.out_dir, device, needs_tokenizer="sampling")
+    model, _ = load_for_inference(model_source(cfg.ckpt, cfg.init_from), cfg.out_dir, device,
+                                  needs_tokenizer="sampling", revision=cfg.revision)
     ids = prompt_ids(text, model.config.block_size, lambda msg: print(msg, file=sys.stderr))
     if cfg.compile:
         model = torch.compile(model)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from model_bio import GPT, GPTConfig
 from wigglegpt import checkpoint, compat, evaluate, gpu, loader, metrics, optim
-from wigglegpt.common import StopSignals, UserError, autocast_for, pick_dtype, run_main
+from wigglegpt.common import StopSignals, UserError, autocast_for, pick_dtype, run_main, write_error
 from wigglegpt.compat import ORIGINAL_ONLY
 from wigglegpt.data import SPLITS, Data, eval_seed, open_data, sampler_seed
 from wigglegpt.distributed import Dist, all_reduce_mean, data_parallel, print0, setup_distributed, shutdown
@@ -46,8 +46,10 @@ SETTINGS = {
     "hellaswag_limit": (0, "HellaSwag examples scored each time (0 = all 10,042)"),
     "hellaswag_file": ("", "HellaSwag rows from this local .jsonl (empty: Rowan/hellaswag from the Hub)"),
     "always_save_checkpoint": (True, "save ckpt.pt at every eval; False: only when val loss improves, and at the end"),
-    "init_from": ("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt), a checkpoint path to fine-tune from, or "
-                             "GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a transformers save_pretrained folder"),
+    "init_from": ("scratch", "'scratch', 'resume' (from out_dir/ckpt.pt), a checkpoint path or hf://OWNER/REPO[/FILE] "
+                             "to fine-tune from, or GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a transformers "
+                             "save_pretrained folder"),
+    "revision": ("", loader.REVISION_MEANING),
     "overwrite": (False, "let a new run replace the checkpoint already in out_dir (otherwise that is an error)"),
     # data
     "data_root": ("data", "folder that holds the dataset folders"),
@@ -170,6 +172,8 @@ def check_settings(cfg):
         raise UserError(f"wsd_decay_frac must be in (0, 1], got {cfg.wsd_decay_frac}")
     if not cfg.out_dir:
         raise UserError("out_dir must not be empty")
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise UserError(f"out_dir={cfg.out_dir} is a file, not a folder; choose another --out_dir")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     check_token_budget(cfg, world)
     if cfg.batch_size != "auto" and cfg.gradient_accumulation_steps % world:
@@ -287,7 +291,8 @@ def build_model(given, device, dist):
     if given.init_from == "scratch":
         return GPT(model_config_from(given)).to(device), None, {}
     # resume, fine-tune from a checkpoint, or from GPT-2 (a name or a save_pretrained folder)
-    model, ckpt, source = loader.load_model_from(given.init_from, given.out_dir, device, dropout=given.dropout,
+    model, ckpt, source = loader.load_model_from(given.init_from, given.out_dir, device, given.revision,
+                                                 dropout=given.dropout,
                                                  gradient_checkpointing=given.gradient_checkpointing,
                                                  activation_kernel=given.activation_kernel)
     arch = {}
@@ -563,8 +568,12 @@ def run_training(given, dist, device):
                     elapsed_s=time.time() - t_start, out_dir=cfg.out_dir, reason="eval_only",
                     last_val_loss=losses["val"], checkpoint=None)
 
+    run.data.check_vocab()  # a dataset with ids past vocab_size fails before out_dir is written to
     if dist.master:
-        os.makedirs(cfg.out_dir, exist_ok=True)
+        try:
+            os.makedirs(cfg.out_dir, exist_ok=True)
+        except OSError as e:
+            raise write_error(cfg.out_dir, e, "run again") from None
     run.report.record({"kind": "start", "iter": state.iter_num, "params": run.raw_model.get_num_params(),
                        "tokens_per_iter": run.tokens_per_iter, "config": dict(vars(given)), "derived": run.derived,
                        "time": time.time(), "device": device, "dtype": run.dtype, "world_size": dist.world})

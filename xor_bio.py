@@ -10,11 +10,13 @@ all seeds train at once, side by side. Why a monotonic f gets at most 3 of the 4
 README.md, "Research tools".
 """
 
+import os
+
 import torch
 import torch.nn.functional as F
 
 from model_bio import OscillateFunction, OscillatingActivation
-from wigglegpt.common import UserError, run_main
+from wigglegpt.common import UserError, run_main, write_error
 from wigglegpt.settings import load_settings
 
 SETTINGS = {
@@ -218,10 +220,18 @@ def main(argv=None):
     cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
     if cfg.seeds < 1:
         raise UserError(f"seeds must be >= 1, got {cfg.seeds}")
+    folder = os.path.dirname(os.path.abspath(cfg.plot)) if cfg.plot else ""
+    if folder and not os.path.isdir(folder):  # before the training, not after it
+        raise UserError(f"--plot={cfg.plot}: folder {folder} does not exist")
+    if cfg.plot and os.path.isdir(cfg.plot):
+        raise UserError(f"--plot={cfg.plot} is a folder; give a .png file")
     results = run_all(range(cfg.seeds), cfg.steps, cfg.lr)
     print_report(results)
     if cfg.plot:
-        plot_decision(results, cfg.plot)
+        try:
+            plot_decision(results, cfg.plot)
+        except OSError as e:  # no permission, a full disk
+            raise write_error(cfg.plot, e, "run again") from None
         print(f"wrote {cfg.plot}")
     return results
 

@@ -2,21 +2,27 @@
 command line (a checkpoint write that fails with ENOSPC is one line on stderr that names the file
 and what to do, exit code 2, the previous ckpt.pt and ckpt_best.pt intact, no temporary file),
 wigglegpt.checkpoint's save on a permission error, and the data-prep writers (TokenWriter, the progress
-record, meta.json in finish): the old dataset survives and --resume completes the interrupted one."""
+record, meta.json in finish): the old dataset survives and --resume completes the interrupted one.
+The same on a REAL full filesystem (a small tmpfs mounted by the test when it runs as root, as CI
+does; skipped with the reason elsewhere): training stops with one line and resumes once space is
+freed, torch.save's ENOSPC (a RuntimeError from its zip writer) still names the cause, metrics.jsonl
+on a full and on a read-only filesystem, and data preparation resumed to byte-identical bins."""
 
+import contextlib
 import errno
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from wigglegpt import checkpoint, dataprep
+from wigglegpt import checkpoint, dataprep, metrics
 from conftest import ROOT, tiny_config
 from model_bio import GPT
 from wigglegpt.common import UserError
-from test_train import argv, cli_env, load, tiny
+from test_train import TRAIN, argv, cli_env, load, tiny
 
 DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
 
@@ -126,3 +132,102 @@ def test_data_prep_meta_fails_and_the_old_dataset_survives(tmp_path, monkeypatch
     meta = prepare(out, resume=True)
     assert meta["train_docs"] + meta["val_docs"] == len(ROWS)
     assert np.fromfile(out / "train.bin", dtype=np.uint16).size == meta["train_tokens"]
+
+
+# ---------------------------------------------------------------------------------------
+# a real full filesystem: a small tmpfs, mounted here when the tests run as root (as CI does)
+
+@contextlib.contextmanager
+def small_filesystem(path, size_kb):
+    """A tmpfs of size_kb KiB at path for the with block; the test is skipped, saying why, where
+    one cannot be mounted (not root, or no mount permission in this container)."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("a real full filesystem needs root to mount a small tmpfs (CI runs as root)")
+    os.makedirs(path, exist_ok=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def resize(path, size_kb):
+    subprocess.run(["mount", "-o", f"remount,size={size_kb}k", str(path)], check=True, capture_output=True)
+
+
+def test_training_on_a_really_full_filesystem_is_one_line_and_resumes_after(tmp_path):
+    # the checkpoint's size, from the same run on the ordinary disk
+    sized = tiny(tmp_path, max_iters=4, eval_interval=4, out_dir=str(tmp_path / "sized"))
+    assert subprocess.run([sys.executable, TRAIN, *argv(sized)], cwd=ROOT, capture_output=True,
+                          env=cli_env(), timeout=120).returncode == 0
+    size_kb = os.path.getsize(tmp_path / "sized" / "ckpt.pt") // 1024
+    with small_filesystem(tmp_path / "small", size_kb * 3 // 2 + 32) as small:
+        # room for one checkpoint (and its best-file link) but not for the next one beside it
+        s = tiny(tmp_path, max_iters=8, eval_interval=4, out_dir=str(small / "out"))
+        r = subprocess.run([sys.executable, TRAIN, *argv(s)], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120, env=cli_env())
+        ckpt = os.path.join(s["out_dir"], "ckpt.pt")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr == (f"error: could not write {ckpt}: No space left on device; free some disk space, then "
+                            f"continue from the last good {ckpt} with --init_from=resume\n")
+        assert sorted(os.listdir(s["out_dir"])) == ["ckpt.pt", "ckpt_best.pt", "metrics.jsonl"]  # no temporary file
+        assert load(ckpt)["iter_num"] == 4
+        resize(small, size_kb * 4 + 64)  # space freed: the run carries on from its last good checkpoint
+        r = subprocess.run([sys.executable, TRAIN, *argv({**s, "init_from": "resume"})], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120, env=cli_env())
+        assert r.returncode == 0, r.stderr
+        assert load(ckpt)["iter_num"] == 8
+
+
+def test_every_writer_on_a_really_full_or_read_only_filesystem(tmp_path):
+    with small_filesystem(tmp_path / "small", 256) as small:
+        path = str(small / "ckpt.pt")
+        ckpt = checkpoint.checkpoint_dict(GPT(tiny_config()), iter_num=1)
+        checkpoint.save_checkpoint(ckpt, path)
+        good = open(path, "rb").read()
+        with open(small / "filler", "wb", buffering=0) as f:  # the rest of the filesystem, to the last byte
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+        # torch.save reports ENOSPC from its zip writer as a RuntimeError; the message must still say why
+        with pytest.raises(UserError, match=r"could not write .*ckpt\.pt: No space left on device; free some disk"):
+            checkpoint.save_checkpoint({**ckpt, "iter_num": 2}, path)
+        assert open(path, "rb").read() == good and sorted(os.listdir(small)) == ["ckpt.pt", "filler"]
+        with pytest.raises(UserError, match=r"could not write .*metrics\.jsonl: No space left on device"):
+            for i in range(10_000):  # a line fits in what a page leaves: write until the disk says no
+                metrics.write_metrics(str(small), {"kind": "train", "iter": i, "pad": "x" * 500})
+        os.remove(small / "filler")
+        subprocess.run(["mount", "-o", "remount,ro", str(small)], check=True, capture_output=True)
+        with pytest.raises(UserError, match=r"could not write .*ckpt\.pt: Read-only file system; make the folder "
+                                            r"writable or choose another one"):
+            checkpoint.save_checkpoint(ckpt, path)
+        with pytest.raises(UserError, match=r"could not write .*metrics\.jsonl: Read-only file system"):
+            metrics.write_metrics(str(small), {"kind": "end"})
+        assert open(path, "rb").read() == good
+
+
+def test_data_prep_on_a_really_full_filesystem_then_resumed_is_byte_identical(tmp_path):
+    corpus = os.path.join(ROOT, "data", "shakespeare", "shakespeare_complete.txt.gz")
+    script = os.path.join(ROOT, "prepare_openwebtext_streaming.py")
+    common = [f"--data_files={corpus}", "--text_sample_by=paragraph", "--num_threads=1", "--flush_mb=0.25"]
+    assert subprocess.run([sys.executable, script, *common, f"--out_dir={tmp_path / 'ref'}"], cwd=ROOT,
+                          capture_output=True, timeout=300).returncode == 0
+    with small_filesystem(tmp_path / "small", 1024) as small:  # about a third of the bins
+        out = small / "shk"
+        r = subprocess.run([sys.executable, script, *common, f"--out_dir={out}"], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr == (f"error: could not write {out / 'train.partial.bin'}: No space left on device; free some "
+                            "disk space, then continue with --resume after the last saved chunk\n")
+        resize(small, 16 * 1024)
+        r = subprocess.run([sys.executable, script, *common, f"--out_dir={out}", "--resume"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert files(out).keys() == files(tmp_path / "ref").keys()
+        for name in ("train.bin", "val.bin"):
+            assert files(out)[name] == files(tmp_path / "ref")[name]

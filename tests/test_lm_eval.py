@@ -152,3 +152,24 @@ def test_bad_model_args_are_user_errors(setup):
         lm_eval_bio.make_lm(device="cpu")
     with pytest.raises(UserError, match="batch_size"):
         lm_eval_bio.make_lm(ckpt=setup["ckpt"], device="cpu", batch_size="auto")
+
+
+def lm_eval_command(setup, *extra):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "lm_eval_bio.py"), "--model", "wigglegpt",
+                           "--tasks", "wiggle_choice", "--include_path", str(setup["tmp"]), "--limit", "2", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_device_may_come_from_model_args(setup):
+    # the harness passes --device (default cuda:0) as well; device=cpu in --model_args wins, as for its hf model
+    r = lm_eval_command(setup, "--model_args", f"ckpt={setup['ckpt']},device=cpu", "--batch_size", "2")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "wiggle_choice" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_a_model_arg_it_cannot_use_is_one_line(setup):
+    r = lm_eval_command(setup, "--model_args", f"ckpt={setup['ckpt']},pretrained=gpt2")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert lines[-1].startswith("error: --model_args pretrained=...: the wigglegpt model takes ckpt, init_from")

@@ -10,6 +10,7 @@ counted by reason, and the offline Shakespeare demo data.
 import gzip
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -321,3 +322,56 @@ def test_a_small_corpus_always_gets_a_usable_val_split(tmp_path):
                                    gradient_accumulation_steps=1, max_iters=2, eval_interval=2, eval_iters=1,
                                    warmup_iters=0, lr_decay_iters=2, device="cpu", compile=False))
     assert summary["reason"] == "max_iters" and np.isfinite(summary["last_val_loss"])
+
+
+def chat_rows(n):
+    return [{"messages": [{"role": "system", "content": "Be brief." if i % 3 else ""},
+                          {"role": "user", "content": f"Question {i}: {DOCS[i % len(DOCS)]}?"},
+                          {"role": "assistant", "content": f"Answer {i}. {DOCS[(i * 7) % len(DOCS)]}"}]}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("script, rows", [
+    ("prepare_openwebtext_streaming.py", [{"text": f"{i}: {DOCS[i % len(DOCS)]}"} for i in range(3000)]),
+    ("prepare_smoltalk.py", chat_rows(1500)),
+], ids=["text", "chat"])
+def test_killed_again_and_again_then_resumed_is_byte_identical(tmp_path, script, rows):
+    """kill -9 at random points of several runs in a row (each resuming the last): the final bins
+    (and masks) are byte for byte those of one uninterrupted run."""
+    corpus = write_jsonl(tmp_path / "corpus.jsonl", rows)
+    common = [f"--data_files={corpus}", "--val_fraction=0.1", "--batch_size=4", "--flush_mb=0.0001"]
+    reference = run_script(script, *common, "--out_dir=ref", cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr
+    progress_path = tmp_path / "out" / dataprep.PROGRESS_NAME
+
+    def rows_done():  # the progress file is replaced atomically, so any read sees a whole one
+        return json.loads(progress_path.read_text())["stats"]["rows_read"] if progress_path.exists() else 0
+
+    rng = random.Random(f"{script}-kills")
+    env = {**os.environ, "PYTHONPATH": REPO}
+    kills, finished = 0, False
+    for attempt in range(4):
+        done = rows_done()
+        # a random point ahead: from just after the start to most of what is left
+        target = done + rng.randint(1, max(2, (len(rows) - done) // 2))
+        mode = ["--resume"] if progress_path.exists() else ["--overwrite"]
+        victim = subprocess.Popen([sys.executable, os.path.join(REPO, script), *common, "--out_dir=out",
+                                   "--num_threads=2", *mode], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while rows_done() < target and victim.poll() is None and time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.0005, 0.005))
+        victim.kill()
+        _, err = victim.communicate(timeout=30)  # returns only once the orphaned workers have exited too
+        if victim.returncode == 0:
+            finished = True  # it finished first: nothing left to kill
+            break
+        assert victim.returncode == -signal.SIGKILL, err.decode(errors="replace")[-2000:]
+        kills += 1
+    assert kills >= 2, "the runs ended before they could be killed"
+    if not finished:
+        resumed = run_script(script, *common, "--out_dir=out", "--resume" if progress_path.exists() else "--overwrite",
+                             cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+    assert read_bins(tmp_path / "out") == read_bins(tmp_path / "ref")
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(os.listdir(tmp_path / "ref"))

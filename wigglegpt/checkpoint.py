@@ -7,6 +7,7 @@ Also here: what train_bio.py keeps and restores for an exact resume (the RNG sna
 ckpt_best.pt as a hard link. The formats: README.md, "Loading the published checkpoints".
 """
 
+import errno
 import os
 import random
 from dataclasses import asdict, fields
@@ -47,9 +48,17 @@ def save_checkpoint(ckpt, path, advice="run again"):
     folder = os.path.dirname(os.path.abspath(path))
     tmp = f"{path}.tmp{os.getpid()}"
     try:
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", folder)
         os.makedirs(folder, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(ckpt, f)
+            writer = _RecordingWriter(f)
+            try:
+                torch.save(ckpt, writer)
+            except RuntimeError:  # torch's zip writer reports a failed write (ENOSPC) as a RuntimeError
+                if writer.error is None:
+                    raise
+                raise writer.error from None
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
@@ -63,6 +72,24 @@ def save_checkpoint(ckpt, path, advice="run again"):
         raise CheckpointError(str(write_error(path, e, advice))) from None
     finally:
         remove_quietly(tmp)  # also after Ctrl-C or any other failure mid-write
+
+
+class _RecordingWriter:
+    """The file torch.save writes through, keeping the OSError of a failed write (a full disk):
+    torch turns it into a RuntimeError that no longer says why."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        self.f.flush()
 
 
 def remove_quietly(path):
@@ -82,7 +109,9 @@ def load_checkpoint(path, map_location="cpu"):
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many kinds for truncated or foreign files
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason[:200]})") from None
+        reason = reason.split(". ")[0]  # torch's first sentence; the rest is advice about weights_only
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: cut off, or another kind of file "
+                              f"({reason[:160]})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path} is not a WiggleGPT checkpoint (no 'model' weights in it)")
     return ckpt
@@ -129,9 +158,14 @@ def model_with_weights(config, state, source, **overrides):
     CheckpointError naming source. overrides as in load_model."""
     for key, value in overrides.items():
         setattr(config, key, value)
-    model = GPT(config)
-    missing, unexpected = (sorted(set(model.state_dict()) - set(state)),
-                           sorted(set(state) - set(model.state_dict())))
+    return load_weights(GPT(config), state, source)
+
+
+def load_weights(model, state, source, assign=False):
+    """model.load_state_dict(state, strict=True, assign=assign), with names and shapes that do not
+    fit as one CheckpointError naming source; returns model."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         def brief(keys):
             return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
@@ -139,9 +173,9 @@ def model_with_weights(config, state, source, **overrides):
                    ([f"unexpected {brief(unexpected)}"] if unexpected else [])
         raise CheckpointError(f"weights in {source} do not fit its config: {'; '.join(problems)}")
     try:
-        model.load_state_dict(state, strict=True)
+        model.load_state_dict(state, strict=True, assign=assign)
     except RuntimeError as e:
-        lines = [l.strip() for l in str(e).splitlines() if "size mismatch" in l]
+        lines = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
         raise CheckpointError(f"weights in {source} do not fit its config: {lines[0] if lines else e}") from None
     return model
 

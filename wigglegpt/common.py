@@ -42,6 +42,8 @@ def write_error(path, error, advice):
         fix = "free some disk space"
     elif error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         fix = "make the folder writable or choose another one"
+    elif error.errno in (errno.ENOTDIR, errno.EEXIST, errno.EISDIR):
+        fix = "a file stands where a folder should be, or a folder where the file should be; choose another path"
     else:
         fix = "check the disk"
     return UserError(f"could not write {path}: {reason}; {fix}, then {advice}")

@@ -23,10 +23,23 @@ class TokenSplit:
     def __init__(self, folder, name, masked):
         self.path = os.path.join(folder, f"{name}.bin")
         self.mask_path = os.path.join(folder, f"{name}_mask.bin") if masked else None
-        self.n_tokens = os.path.getsize(self.path) // 2
+        try:
+            with open(self.path, "rb"):  # readable at all: np.memmap would fail later, mid-run
+                pass
+            if masked:
+                with open(self.mask_path, "rb"):
+                    pass
+        except OSError as e:
+            raise UserError(f"cannot read {e.filename}: {e.strerror}; check its permissions") from None
+        size = os.path.getsize(self.path)
+        if size % 2:
+            raise UserError(f"{self.path} has an odd number of bytes ({size:,}) for uint16 tokens: it looks truncated "
+                            "(a cut-off copy?); copy it again whole or prepare the data again")
+        self.n_tokens = size // 2
         if masked and os.path.getsize(self.mask_path) != self.n_tokens:
             raise UserError(f"{self.mask_path} has {os.path.getsize(self.mask_path):,} entries but "
-                            f"{self.path} has {self.n_tokens:,} tokens; prepare the data again")
+                            f"{self.path} has {self.n_tokens:,} tokens: one of them looks truncated; prepare the "
+                            "data again")
 
     def windows(self, starts, block_size):
         """(x, y) int64 CPU tensors of shape (len(starts), block_size): x the tokens from each start,
@@ -87,6 +100,12 @@ class Data:
                 raise UserError(f"{part.path} has {part.n_tokens:,} tokens, fewer than one batch needs "
                                 f"(batch_size {batch_size} x block_size {block_size} + 1 = {need:,}); "
                                 "lower batch_size/block_size or use more data")
+
+    def check_vocab(self):
+        """One batch of each split drawn with a generator of its own (the runs' streams untouched):
+        token ids past vocab_size are found before anything is written."""
+        for split in SPLITS:
+            self.batch(split, torch.Generator().manual_seed(0))
 
     def batch(self, split, generator):
         x, y = self.splits[split].sample(self.batch_size, self.block_size, generator)

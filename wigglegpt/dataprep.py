@@ -407,6 +407,7 @@ def prepare(rows, encode_rows, out_dir, *, source, recipe, with_mask=False, val_
         raise UserError(f"batch_size={batch_size} should be at least 1")
     if max_rows is not None and (not isinstance(max_rows, int) or max_rows < 1):
         raise UserError(f"the row limit {max_rows!r} should be a positive integer")
+    created = not os.path.isdir(out_dir)  # a failed first run takes away the folder it made
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
@@ -467,7 +468,8 @@ def prepare(rows, encode_rows, out_dir, *, source, recipe, with_mask=False, val_
         writer.close()
         if not os.path.exists(progress_path):  # failed before its first chunk: nothing worth resuming
             for f in writer.files.values():
-                os.remove(f.name)
+                remove_quietly(f.name)
+            remove_if_empty(out_dir, created)
         raise
     finally:
         writer.close()
@@ -479,9 +481,26 @@ def prepare(rows, encode_rows, out_dir, *, source, recipe, with_mask=False, val_
     if sum(stats["docs"].values()) == 0:  # nothing to keep: leave the folder as it was
         for name in [partial_name(n) for n in output_names(with_mask)] + [PROGRESS_NAME]:
             os.remove(os.path.join(out_dir, name))
+        remove_if_empty(out_dir, created)
         reasons = ", ".join(f"{n} {r}" for r, n in skipped.items()) or "no rows at all"
         raise UserError(f"{source} gave no usable text ({stats['rows_read']} rows read: {reasons})")
     return finish(out_dir, with_mask, stats, source, recipe, val_fraction)
+
+
+def remove_quietly(path):
+    try:
+        os.remove(path)
+    except OSError:  # already gone, or the disk is: the error that matters is on its way
+        pass
+
+
+def remove_if_empty(out_dir, created):
+    """Take away out_dir when this run made it and left nothing in it."""
+    if created:
+        try:
+            os.rmdir(out_dir)  # only an empty folder goes
+        except OSError:
+            pass
 
 
 def last_documents(path, want_docs, want_tokens, most_docs):

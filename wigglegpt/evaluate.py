@@ -142,8 +142,16 @@ def load_hellaswag(file="", limit=0, hub_name=HELLASWAG_HUB):
     if file:
         if not os.path.isfile(file):
             raise UserError(f"hellaswag_file not found: {file}")
-        with open(file, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, 1):
+        try:
+            f = open(file, "rb")
+        except OSError as e:  # no permission
+            raise UserError(f"cannot read hellaswag_file {file}: {e.strerror or e}") from None
+        with f:
+            for line_no, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise UserError(f"{file}, line {line_no}: not UTF-8 text") from None
                 if not line.strip():
                     continue
                 try:

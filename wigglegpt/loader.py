@@ -6,19 +6,22 @@ names it ('resume', a checkpoint file, GPT-2), --ckpt=FILE is the older spelling
 
 import os
 
-from wigglegpt import checkpoint, hf
-from wigglegpt.common import UserError
+from wigglegpt import checkpoint, export, hf, hub
+from wigglegpt.common import CheckpointError, UserError
 from wigglegpt.tokenizer import VOCAB_SIZE
 
-INIT_FROM_MEANING = ("'resume' (out_dir/ckpt.pt), a checkpoint file, or GPT-2: gpt2, gpt2-medium, gpt2-large, "
-                     "gpt2-xl or a transformers save_pretrained folder")
+INIT_FROM_MEANING = ("'resume' (out_dir/ckpt.pt), a checkpoint file, a model on the Hugging Face Hub "
+                     f"({hub.NAME_FORM}), or GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a transformers "
+                     "save_pretrained folder")
+REVISION_MEANING = "with an hf:// init_from: the branch, tag or commit to load (empty: the repo's default branch)"
 
 
 def model_settings(purpose):
     """The settings that name the model, for the scripts that load one (wigglegpt.settings format)."""
     return {"out_dir": ("out", f"folder of the checkpoint to {purpose} (its ckpt.pt) with init_from='resume'"),
             "init_from": ("resume", INIT_FROM_MEANING),
-            "ckpt": ("", "checkpoint file; the same as --init_from=<file>")}
+            "ckpt": ("", "checkpoint file; the same as --init_from=<file>"),
+            "revision": ("", REVISION_MEANING)}
 
 
 def model_source(ckpt, init_from, default="resume"):
@@ -31,32 +34,41 @@ def model_source(ckpt, init_from, default="resume"):
     return source
 
 
-def load_model_from(init_from, out_dir="out", device="cpu", **overrides):
-    """The model init_from names, for every script that starts from existing weights:
-    'resume' (out_dir/ckpt.pt), a checkpoint file, or GPT-2 (a name such as 'gpt2' or a
-    save_pretrained folder; see wigglegpt.hf). Returns (model, ckpt dict or None for GPT-2, source
-    path or name); overrides as in load_model."""
+def load_model_from(init_from, out_dir="out", device="cpu", revision="", **overrides):
+    """The model init_from names, for every script that starts from existing weights: 'resume'
+    (out_dir/ckpt.pt), a checkpoint file, a folder written by export_bio.py (wigglegpt/export.py),
+    an hf:// name on the Hugging Face Hub (downloaded into its cache at revision, see
+    wigglegpt/hub.py), or GPT-2 (a name such as 'gpt2' or a save_pretrained folder; see
+    wigglegpt/hf.py). Returns (model, ckpt dict or None for an export or GPT-2, source path or
+    name); overrides as in checkpoint.load_model."""
+    if hub.is_hub_name(init_from):
+        local = hub.resolve(init_from, revision)
+        model, ckpt, _ = load_model_from(local, out_dir, device, **overrides)
+        return model, ckpt, init_from
     if init_from == "resume":
         path = os.path.join(out_dir, "ckpt.pt")
         if not os.path.exists(path):
-            raise checkpoint.CheckpointError(f"init_from='resume' but {path} does not exist; point --out_dir at the run's "
+            raise CheckpointError(f"init_from='resume' but {path} does not exist; point --out_dir at the run's "
                                   "folder, or give a checkpoint file or GPT-2 name as init_from")
         return (*checkpoint.load_model(path, device, **overrides), path)
+    if export.is_export_folder(init_from):  # before GPT-2: an export folder has a config.json too
+        return export.load_export(init_from, device, **overrides), None, init_from
     if hf.is_gpt2_source(init_from):
         return hf.load_gpt2(init_from, device, **overrides), None, init_from
     if init_from == "scratch":
-        raise checkpoint.CheckpointError("init_from='scratch' has no weights to load; give 'resume', a checkpoint file or a GPT-2 name")
+        raise CheckpointError("init_from='scratch' has no weights to load; give 'resume', a checkpoint file or a "
+                              "GPT-2 name")
     if not os.path.exists(init_from):
-        raise checkpoint.CheckpointError(f"init_from={init_from!r}: no such checkpoint (checkpoint not found); use 'resume' (out_dir/ckpt.pt), a "
-                              f"checkpoint file, a GPT-2 name ({', '.join(hf.GPT2_NAMES)}) or a folder written "
-                              "by transformers' save_pretrained")
+        raise CheckpointError(f"init_from={init_from!r}: no such checkpoint (checkpoint not found); use 'resume' "
+                              f"(out_dir/ckpt.pt), a checkpoint file, a Hub name ({hub.NAME_FORM}), a GPT-2 name "
+                              f"({', '.join(hf.GPT2_NAMES)}) or a folder written by transformers' save_pretrained")
     return (*checkpoint.load_model(init_from, device, **overrides), init_from)
 
 
-def load_for_inference(init_from, out_dir="out", device="cpu", needs_tokenizer=""):
+def load_for_inference(init_from, out_dir="out", device="cpu", needs_tokenizer="", revision=""):
     """(model in eval mode, where it came from) for sampling, chat and evaluation. needs_tokenizer
     names what needs GPT-2's token ids (e.g. 'sampling'): a smaller vocabulary is then a UserError."""
-    model, _, source = load_model_from(init_from, out_dir, device, dropout=0.0)
+    model, _, source = load_model_from(init_from, out_dir, device, revision, dropout=0.0)
     if needs_tokenizer and model.config.vocab_size < VOCAB_SIZE:
         raise UserError(f"{source} has vocab_size {model.config.vocab_size}; {needs_tokenizer} needs the GPT-2 "
                         f"tokenizer's {VOCAB_SIZE} ids")

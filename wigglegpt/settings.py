@@ -69,8 +69,15 @@ def read_config_file(path):
     """Execute a config file of plain assignments and return what it assigned."""
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        source = f.read()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        source = data.decode("utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"config file {path} is not UTF-8 text "
+                        f"(byte 0x{data[e.start]:02x} at offset {e.start})") from None
     namespace = {}
     try:
         exec(compile(source, path, "exec"), namespace)

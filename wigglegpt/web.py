@@ -235,9 +235,9 @@ def sse(event, data):
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def error_response(status, message):
+def error_response(status, message, headers=None):
     from fastapi.responses import JSONResponse
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 async def read_body(request, limit=MAX_BODY_BYTES):
@@ -268,6 +268,7 @@ def create_app(chat, name):
     fastapi = require("fastapi")
     from fastapi.responses import HTMLResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     get_tokenizer()  # built once now, not by the first request
     worker = ReplyWorker(chat)
@@ -290,6 +291,11 @@ def create_app(chat, name):
     @app.exception_handler(BadRequest)
     async def bad_request(request, e):
         return error_response(e.status, str(e))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, e):  # an unknown route (404), a wrong method (405): the API's one-line shape
+        return error_response(e.status_code, f"{request.method} {request.url.path}: {e.detail}",
+                              getattr(e, "headers", None))
 
     @app.get("/")
     async def index():
