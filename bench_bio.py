@@ -592,6 +592,63 @@ def bench_data_prep(quick):
 SECTIONS["data_prep"] = bench_data_prep
 
 
+LOAD_MODEL_FULL = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=50304, block_size=1024)  # the published 124M
+LOAD_MODEL_QUICK = dict(n_layer=2, n_head=4, n_embd=256, vocab_size=50304, block_size=256)
+
+
+def _load_child(path):
+    """Run in a fresh process by bench_load: load the model at path (a training checkpoint or an
+    export folder) as every script does, print the seconds it took and the peak resident memory."""
+    from wigglegpt.loader import load_model_from
+    start = time.perf_counter()
+    model, _, _ = load_model_from(path, device="cpu", dropout=0.0)
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "peak_kib": _peak_rss_kib(), "params": model.get_num_params()}))
+
+
+def bench_load(quick):
+    """Loading a model to sample from it: today's training checkpoint (.pt with the AdamW state,
+    as train_bio writes it) against the export folder (safetensors, memory-mapped), each in a fresh
+    process, the same weights. Peak memory is the growth over a process that only imports the loader."""
+    from wigglegpt import export
+    shape = LOAD_MODEL_QUICK if quick else LOAD_MODEL_FULL
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**shape))
+    opt = optim.make_optimizer(model, "adamw", 0.1, 1e-4, (0.9, 0.95), "cpu")
+    x = torch.randint(0, shape["vocab_size"], (1, 8))
+    model(x, x)[1].backward()
+    opt.step()  # the optimizer state a training checkpoint carries
+    with tempfile.TemporaryDirectory() as tmp:
+        pt, folder = os.path.join(tmp, "ckpt.pt"), os.path.join(tmp, "export")
+        from wigglegpt.checkpoint import checkpoint_dict, save_checkpoint
+        save_checkpoint(checkpoint_dict(model, optimizer=opt.state_dict(), iter_num=1), pt)
+        export.export(model.eval(), folder)
+        del model, opt
+        code = "import bench_bio; bench_bio._load_child({!r})"
+        base = subprocess.run([sys.executable, "-c", "import bench_bio, json, wigglegpt.loader; "
+                               "print(json.dumps({'peak_kib': bench_bio._peak_rss_kib()}))"],
+                              cwd=HERE, capture_output=True, text=True, check=True)
+        base_kib = json.loads(base.stdout.strip().splitlines()[-1])["peak_kib"]
+        runs = {}
+        for name, path in (("pt", pt), ("export", folder)):
+            child = subprocess.run([sys.executable, "-c", code.format(path)], cwd=HERE, capture_output=True, text=True)
+            if child.returncode:
+                raise RuntimeError(f"loading the {name} failed: {(child.stderr.strip().splitlines() or ['?'])[-1]}")
+            runs[name] = json.loads(child.stdout.strip().splitlines()[-1])
+        sizes = {"pt": os.path.getsize(pt), "export": os.path.getsize(os.path.join(folder, export.WEIGHTS))}
+    mb = lambda n: f"{n / 2**20:,.0f} MB"  # noqa: E731
+    grown = {name: max(0, r["peak_kib"] - base_kib) * 1024 for name, r in runs.items()}
+    what = f"{runs['pt']['params']:,} parameters, fp32, CPU"
+    return [("load for sampling: export / .pt time", f"{runs['export']['seconds'] / runs['pt']['seconds']:.2f}x", "<= 0.5x",
+             f"{runs['export']['seconds']:.2f} s vs {runs['pt']['seconds']:.2f} s; {what}"),
+            ("  peak memory grown while loading, export / .pt", f"{grown['export'] / max(grown['pt'], 1):.2f}x", "-",
+             f"{mb(grown['export'])} vs {mb(grown['pt'])}; files {mb(sizes['export'])} (safetensors) vs "
+             f"{mb(sizes['pt'])} (.pt with AdamW)")]
+
+
+SECTIONS["load"] = bench_load
+
+
 # --- the GPU check (--gpu) -----------------------------------------------------------------
 # One run on one CUDA GPU, ready for whoever has one: run_gpu_check calls the parts in
 # GPU_PARTS in turn, each a generator of rows taking a GpuCheck (device, model config, sizes,

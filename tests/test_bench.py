@@ -21,7 +21,7 @@ from torch import nn
 import bench_bio
 from wigglegpt import gpu, oscillate_triton
 import model_bio
-from conftest import ROOT, tiny_config
+from conftest import ROOT, require_module, tiny_config
 from wigglegpt.common import UserError
 
 # the GPU check's sizes for a tiny model on the CPU: every part runs, in seconds
@@ -239,3 +239,13 @@ def test_gpu_flag_runs_the_check_with_the_124m_model(monkeypatch, tmp_path, caps
     assert calls == [("cuda", model_bio.GPTConfig(), {}, out, ["numerics", "fp16"])]
     printed = capsys.readouterr().out
     assert "NVIDIA H200" in printed and f"each row also goes to {out}" in printed and "a figure" in printed
+
+
+def test_load_rows_compare_the_export_with_the_training_checkpoint():
+    require_module("safetensors", "pip install -r requirements-optional.txt")
+    time_row, memory_row = bench_bio.bench_load(quick=True)
+    assert time_row[0] == "load for sampling: export / .pt time" and time_row[2] == "<= 0.5x"
+    assert float(time_row[1].rstrip("x")) > 0 and " s vs " in time_row[3]
+    # memory-mapped weights: loading grows the process far less than unpickling the .pt with AdamW
+    assert float(memory_row[1].rstrip("x")) < 1.0, memory_row
+    assert "safetensors" in memory_row[3] and ".pt with AdamW" in memory_row[3]

@@ -216,7 +216,7 @@ def test_bad_input_is_one_clear_line(tmp_path):
     no_text = run_script("prepare_openwebtext_streaming.py", f"--data_files={empty_only}", "--out_dir=out",
                          cwd=tmp_path)
     assert_one_line_error(no_text, "no usable text", "2 empty text")
-    assert not os.listdir(tmp_path / "out")  # nothing left behind that would need --overwrite
+    assert not (tmp_path / "out").exists()  # nothing left behind that would need --overwrite
     missing = run_script("prepare_openwebtext_streaming.py", "--data_files=missing.jsonl", "--out_dir=bad",
                          cwd=tmp_path)
     assert_one_line_error(missing, "no file matches", "'missing.jsonl'")
