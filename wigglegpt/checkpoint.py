@@ -18,12 +18,11 @@ import torch
 from model_bio import GPT, GPTConfig
 from wigglegpt import oscillate_triton  # noqa: F401  (registers the fused op wigglegpt::oscillate that GPT uses)
 from wigglegpt import compat
-from wigglegpt.common import CheckpointError, write_error
+from wigglegpt.common import CheckpointError, remove_quietly, write_error
 from wigglegpt.compat import clean_state_dict
 from wigglegpt.distributed import all_gather, print0
 
 FORMAT = "wigglegpt-bio/1"
-
 
 
 def unwrap(model):
@@ -90,13 +89,6 @@ class _RecordingWriter:
 
     def flush(self):
         self.f.flush()
-
-
-def remove_quietly(path):
-    try:
-        os.remove(path)
-    except OSError:  # not there (the usual case), or the disk is gone: nothing more to do
-        pass
 
 
 def load_checkpoint(path, map_location="cpu"):

@@ -33,6 +33,14 @@ def run_main(main):
         sys.exit(0)
 
 
+def remove_quietly(path):
+    """Remove a file if it is there: a temporary file after a failed write, say."""
+    try:
+        os.remove(path)
+    except OSError:  # not there (the usual case), or the disk is gone: the error that matters is on its way
+        pass
+
+
 def write_error(path, error, advice):
     """The one-line UserError for a file that could not be written (disk full, no permission,
     read-only folder): names the file, the reason and what to do."""

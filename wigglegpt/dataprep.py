@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 import numpy as np
 from tqdm import tqdm
 
-from wigglegpt.common import UserError, write_error
+from wigglegpt.common import UserError, remove_quietly, write_error
 from wigglegpt.tokenizer import EOT, VOCAB_SIZE, get_tokenizer, InvalidConversation, render_conversation
 
 SPLITS = ("train", "val")
@@ -485,13 +485,6 @@ def prepare(rows, encode_rows, out_dir, *, source, recipe, with_mask=False, val_
         reasons = ", ".join(f"{n} {r}" for r, n in skipped.items()) or "no rows at all"
         raise UserError(f"{source} gave no usable text ({stats['rows_read']} rows read: {reasons})")
     return finish(out_dir, with_mask, stats, source, recipe, val_fraction)
-
-
-def remove_quietly(path):
-    try:
-        os.remove(path)
-    except OSError:  # already gone, or the disk is: the error that matters is on its way
-        pass
 
 
 def remove_if_empty(out_dir, created):
