@@ -34,6 +34,8 @@ SETTINGS = {
     "web": (False, "chat in the browser: serve a page and an HTTP API (needs fastapi and uvicorn)"),
     "host": ("127.0.0.1", "address the web chat listens on (other than this machine's only when you mean it)"),
     "port": (8000, "port of the web chat (0: any free port)"),
+    "api_key": ("", f"with --web: require 'Authorization: Bearer KEY' on the APIs (empty: the {web.API_KEY_ENV} "
+                    "environment variable, or no key)"),
 }
 QUIT = ("quit", "exit", "/quit", "/exit")
 HELP = """commands:
@@ -118,6 +120,8 @@ def main(argv=None):
         raise UserError("--prompt is only whitespace; give a message, or leave --prompt out to chat interactively")
     if cfg.web:
         web.check_web_settings(cfg)  # before the model loads
+    elif cfg.api_key:
+        raise UserError("--api_key protects the web chat's APIs; use it with --web")
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     model, path = load_for_inference(model_source(cfg.ckpt, cfg.init_from), cfg.out_dir, device,
@@ -125,7 +129,7 @@ def main(argv=None):
     chat = Chat(model, system=cfg.system, max_new_tokens=reply_budget(cfg.max_new_tokens, model.config.block_size),
                 seed=cfg.seed if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype), **sampling)
     if cfg.web:
-        return web.serve(chat, name=path, host=cfg.host, port=cfg.port)
+        return web.serve(chat, name=path, host=cfg.host, port=cfg.port, key=web.api_key(cfg))
     prepare_stdout()  # a reader that leaves (| head) is run_main's BrokenPipeError: a quiet exit
     if cfg.prompt:
         chat.respond(cfg.prompt.strip(), write_stdout)  # stripped, as the original chat.py did

@@ -127,6 +127,8 @@ CASES = {
     "chat-negative-max_new_tokens": chat(RUN, "--prompt=hi", "--max_new_tokens=-5", phrase="max_new_tokens"),
     "chat-whitespace-prompt": chat(RUN, "--prompt=   ", phrase="--prompt is only whitespace"),
     "chat-web-port-out-of-range": chat(RUN, "--web", "--port=70000", phrase="port must be between 0 and 65535"),
+    "chat-api_key-without-web": chat(RUN, "--prompt=hi", "--api_key=k3y", phrase="use it with --web"),
+    "chat-api_key-with-a-space": chat(RUN, "--web", "--api_key=my key", phrase="printable ASCII without spaces"),
     "chat-ckpt-cut-in-half": chat("--ckpt=bad/half.pt", "--prompt=hi", phrase="not a readable PyTorch"),
     "chat-resume-text-ckpt": chat("--out_dir=text_run", "--prompt=hi", phrase="not a readable PyTorch"),
     # --- eval_bio.py -------------------------------------------------------------------
@@ -443,6 +445,38 @@ BAD_REQUESTS = {
     "stop-unknown-id": ("POST /api/stop", {"id": "nope"}, JSON, 404),
     "unknown-route": ("GET /api/nope", None, None, 404),
     "wrong-method": ("GET /api/chat", None, None, 405),
+    # the OpenAI-compatible API: the same, in OpenAI's error shape
+    "v1-malformed-json": ("POST /v1/chat/completions", b'{"messages": [', JSON, 400),
+    "v1-missing-messages": ("POST /v1/chat/completions", {"model": "m"}, JSON, 400),
+    "v1-n-2": ("POST /v1/chat/completions", asking(n=2), JSON, 400),
+    "v1-unknown-field": ("POST /v1/chat/completions", asking(temprature=0.5), JSON, 400),
+    "v1-temperature-3": ("POST /v1/chat/completions", asking(temperature=3), JSON, 400),
+    "v1-tool-role": ("POST /v1/chat/completions", {"messages": [{"role": "tool", "content": "x"}, user("hi")]},
+                     JSON, 400),
+    "v1-image-part": ("POST /v1/chat/completions", {"messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:,"}}]}]}, JSON, 400),
+    "v1-system-after-user": ("POST /v1/chat/completions", {"messages": [user("hi"), {"role": "system", "content": "x"},
+                                                                        user("hi")]}, JSON, 400),
+    "v1-max_tokens-zero": ("POST /v1/chat/completions", asking(max_tokens=0), JSON, 400),
+    "v1-max_tokens-past-context": ("POST /v1/chat/completions", asking(max_completion_tokens=HTTP_BLOCK), JSON, 400),
+    "v1-context-exceeded": ("POST /v1/chat/completions", {"messages": [user("word " * 40)], "max_tokens": 4},
+                            JSON, 400),
+    "v1-stream_options-without-stream": ("POST /v1/chat/completions", asking(stream_options={"include_usage": True}),
+                                         JSON, 400),
+    "v1-five-stop-strings": ("POST /v1/chat/completions", asking(stop=list("abcde")), JSON, 400),
+    "v1-stop-a-number": ("POST /v1/chat/completions", asking(stop=3), JSON, 400),
+    "v1-seed-a-string": ("POST /v1/chat/completions", asking(seed="7"), JSON, 400),
+    "v1-logprobs": ("POST /v1/chat/completions", asking(logprobs=True), JSON, 400),
+    "v1-tools": ("POST /v1/chat/completions", asking(tools=[{"type": "function", "function": {"name": "f"}}]),
+                 JSON, 400),
+    "v1-two-prompts": ("POST /v1/completions", {"prompt": ["a", "b"]}, JSON, 400),
+    "v1-token-id-past-vocab": ("POST /v1/completions", {"prompt": [50257]}, JSON, 400),
+    "v1-prompt-too-long": ("POST /v1/completions", {"prompt": "word " * 40, "max_tokens": 4}, JSON, 400),
+    "v1-suffix": ("POST /v1/completions", {"prompt": "a", "suffix": "b"}, JSON, 400),
+    "v1-wrong-content-type": ("POST /v1/completions", {"prompt": "a"}, "text/plain", 415),
+    "v1-unknown-model": ("GET /v1/models/nope", None, None, 404),
+    "v1-unknown-route": ("GET /v1/nope", None, None, 404),
+    "v1-wrong-method": ("GET /v1/chat/completions", None, None, 405),
 }
 
 
@@ -476,6 +510,9 @@ def test_bad_request_is_a_4xx_with_a_one_line_json_error(client, name):
     data = response.json()
     assert set(data) == {"error"}, f"{name}: {data}"
     reason = data["error"]
+    if route.startswith("/v1/"):  # OpenAI's shape, which its clients read
+        assert set(reason) == {"message", "type", "param", "code"} and reason["type"] == "invalid_request_error", name
+        reason = reason["message"]
     assert isinstance(reason, str) and reason.strip() and "\n" not in reason and len(reason) < 300, f"{name}: {data}"
     # the server goes on answering
     assert client.post("/api/chat", json=asking(max_new_tokens=1)).status_code == 200, name

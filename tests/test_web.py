@@ -594,6 +594,41 @@ def test_the_page_in_a_real_browser(tmp_path):
         shutil.copy(tmp_path / "chat_web.png", os.environ["CHAT_WEB_SCREENSHOT"])
 
 
+def test_the_page_asks_for_the_api_key_of_a_server_that_wants_one():
+    require_module("fastapi", INSTALL)
+    require_module("uvicorn", INSTALL)
+    app = web.create_app(make_chat(tiny_chat_model(), max_new_tokens=5), "keyed", api_key="page-k3y")
+    driver = browser()
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def wait(condition, timeout=15):
+        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: condition())
+
+    def prompt_text():
+        try:
+            return driver.switch_to.alert.text
+        except Exception:  # no dialog open yet
+            return ""
+
+    try:
+        with live_server(app) as url:
+            driver.get(url + "/")
+            wait(lambda: "API key" in prompt_text())
+            driver.switch_to.alert.send_keys("wrong")
+            driver.switch_to.alert.accept()
+            wait(lambda: "refused" in prompt_text())  # asked again
+            driver.switch_to.alert.send_keys("page-k3y")
+            driver.switch_to.alert.accept()
+            wait(lambda: "parameters" in driver.find_element(By.ID, "model").text)
+            driver.find_element(By.ID, "input").send_keys("Hi", Keys.ENTER)  # the key goes with every call
+            wait(lambda: driver.find_element(By.ID, "status").text == "stopped at the token limit")
+            assert driver.find_elements(By.CSS_SELECTOR, ".msg.assistant .text")[-1].text.strip()
+    finally:
+        driver.quit()
+
+
 def test_repetition_window_is_a_sampling_option_like_in_the_terminal(client):
     ok = client.post("/api/chat", json={"messages": [user("hi")], "repetition_window": 5, "max_new_tokens": 2})
     assert ok.status_code == 200 and parse_events(ok.text)[-1][0] == "done"

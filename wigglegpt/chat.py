@@ -31,8 +31,10 @@ def fit_history(system, messages, budget):
         if len(ids) <= budget:
             return kept, ids
         if len(kept) <= 1:
-            raise MessageTooLong(f"the message makes a prompt of {len(ids)} tokens; {budget} fit "
-                                 "(the context minus max_new_tokens)")
+            error = MessageTooLong(f"the message makes a prompt of {len(ids)} tokens; {budget} fit "
+                                   "(the context minus max_new_tokens)")
+            error.prompt_tokens = len(ids)
+            raise error
         kept.pop(0)
         while len(kept) > 1 and kept[0]["role"] == "assistant":  # a turn goes as a whole
             kept.pop(0)

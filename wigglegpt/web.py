@@ -1,37 +1,33 @@
 """
 Chat in the browser: `python chat_bio.py --ckpt=ckpt_finetune.pt --web`.
 
-A small FastAPI app: the page (chat_web.html) and an HTTP API (/api/info, /api/chat as
-server-sent events, /api/stop) around the terminal's wigglegpt.chat.Chat, so the prompt, its
-trimming and the stop strings are the terminal's. Replies are written one at a time on one
-worker thread, in the order asked, while the event loop stays free. The API: README.md,
-"Chat in the browser".
+A small FastAPI app: the page (chat_web.html), its HTTP API (/api/info, /api/chat as
+server-sent events, /api/stop) and an OpenAI-compatible API (/v1/*, wigglegpt/openai_api.py),
+around the terminal's wigglegpt.chat.Chat, so the prompt, its trimming and the stop strings are
+the terminal's. Replies are written one at a time on one worker thread (wigglegpt/serving.py),
+in the order asked, while the event loop stays free. The APIs: README.md, "Chat in the browser".
 """
 
-import asyncio
 import json
 import os
-import secrets
 import socket
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
-from wigglegpt.chat import STOP_STRINGS, fit_conversation
+from wigglegpt import openai_api
+from wigglegpt.chat import fit_conversation
 from wigglegpt.checkpoint import unwrap
-from wigglegpt.engine import SAMPLING, check_options, generate, stream_text
 from wigglegpt.common import UserError
-from wigglegpt.tokenizer import EOT, VOCAB_SIZE, get_tokenizer
+from wigglegpt.engine import SAMPLING, check_options
+from wigglegpt.serving import (MAX_BODY_BYTES, BadRequest, ReplyWorker, json_type, key_checker, read_json,
+                               start_reply)
+from wigglegpt.tokenizer import get_tokenizer
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "chat_web.html")
 INSTALL = "pip install -r requirements-optional.txt"
-MAX_BODY_BYTES = 1 << 20  # far above any conversation a context of a few thousand tokens can use
 MAX_MESSAGES = 1000
 OPTIONS = SAMPLING + ("max_new_tokens", "seed")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-KEEPALIVE_S = 5.0  # a comment line while a reply waits its turn keeps proxies from timing out
-JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
-              bool: "a boolean", type(None): "null"}
+API_KEY_ENV = "WIGGLEGPT_API_KEY"
 # the page may only talk to this server and run its own inline script
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
                 "style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'",
@@ -47,29 +43,8 @@ def require(name):
         raise UserError(f"the web chat needs {name}: {INSTALL}") from None
 
 
-class BadRequest(Exception):
-    """A request we refuse: the status and one line saying why."""
-
-    def __init__(self, message, status=400):
-        super().__init__(message)
-        self.status = status
-
-
 # ---------------------------------------------------------------------------------------
 # reading a chat request
-
-def parse_json(body):
-    def refuse_constant(name):  # Python's json reads NaN and Infinity, which JSON has not
-        raise BadRequest(f"invalid JSON: {name} is not a JSON number")
-    try:
-        return json.loads(body, parse_constant=refuse_constant)
-    except RecursionError:
-        raise BadRequest("invalid JSON: nested too deeply") from None
-    except UnicodeDecodeError:
-        raise BadRequest("invalid JSON: the body is not UTF-8 text") from None
-    except json.JSONDecodeError as e:
-        raise BadRequest(f"invalid JSON: {e}") from None
-
 
 def read_messages(messages):
     """Check the conversation; return (system prompt, the other messages). User and assistant
@@ -78,7 +53,7 @@ def read_messages(messages):
     if messages is None:
         raise BadRequest("missing 'messages': a list of {\"role\": ..., \"content\": ...}")
     if not isinstance(messages, list):
-        raise BadRequest(f"'messages' must be an array, got {JSON_TYPES.get(type(messages), 'something else')}")
+        raise BadRequest(f"'messages' must be an array, got {json_type(messages)}")
     if not messages:
         raise BadRequest("'messages' is empty: send at least the user's message")
     if len(messages) > MAX_MESSAGES:
@@ -90,7 +65,7 @@ def read_messages(messages):
         if role not in ("system", "user", "assistant"):
             raise BadRequest(f"message {i} has unknown role {role!r}; use system, user or assistant")
         if not isinstance(content, str):
-            raise BadRequest(f"message {i} content must be a string, got {JSON_TYPES.get(type(content), 'something else')}")
+            raise BadRequest(f"message {i} content must be a string, got {json_type(content)}")
         if role == "system" and i:
             raise BadRequest(f"message {i} is a system prompt; only the first message may be one")
         if role != "system" and not content.strip():
@@ -129,100 +104,6 @@ def read_chat_request(data, defaults, block_size):
 
 
 # ---------------------------------------------------------------------------------------
-# one worker writes the replies
-
-class Reply:
-    """One requested reply: its prompt, options, where its events go, and the flag that cancels it."""
-
-    def __init__(self, ids, options, emit):
-        self.id = secrets.token_hex(8)
-        self.ids, self.options, self.emit = ids, options, emit
-        self.cancelled = threading.Event()
-        self.started = False
-
-
-class ReplyWorker:
-    """Writes replies one at a time on one thread, in the order they were asked for. The KV
-    cache is the chat's: a conversation that goes on is prefilled only from where it changed."""
-
-    def __init__(self, chat):
-        self.chat = chat
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reply")
-        self.replies = {}  # id -> Reply, waiting or being written
-        # a reply is either started or stopped while waiting, never both; reentrant because
-        # Ctrl-C's handler stops every reply on the thread that may be inside stop() already
-        self.lock = threading.RLock()
-
-    def submit(self, reply):
-        self.replies[reply.id] = reply
-        self.pool.submit(self._write, reply)
-
-    def stop(self, reply_id):
-        """Cancel a reply: a waiting one ends now, one being written after its current token."""
-        reply = self.replies.get(reply_id)
-        if reply is None:
-            return False
-        with self.lock:
-            reply.cancelled.set()
-            if not reply.started:
-                self.replies.pop(reply.id, None)
-                reply.emit("done", {"reason": "cancelled", "tokens": 0})
-        return True
-
-    def stop_all(self):
-        for reply_id in list(self.replies):
-            self.stop(reply_id)
-
-    def busy(self):
-        """How many replies are waiting or being written."""
-        return sum(not r.cancelled.is_set() for r in list(self.replies.values()))
-
-    def close(self):
-        self.stop_all()
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-    def _write(self, reply):
-        with self.lock:
-            if reply.cancelled.is_set():  # stopped, or its client left, while it waited
-                self.replies.pop(reply.id, None)
-                return
-            reply.started = True
-        try:
-            self._generate(reply)
-        except Exception as e:  # e.g. out of GPU memory: this reply fails, the server goes on
-            message = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-            print(f"error: reply {reply.id} failed: {message}", file=sys.stderr)
-            reply.emit("error", {"error": message})
-        finally:
-            self.replies.pop(reply.id, None)
-
-    def _generate(self, reply):
-        chat, options = self.chat, reply.options
-        state = {"tokens": 0, "ended": "stop"}  # stop: <|endoftext|> or a stop string
-
-        def until_cancelled(tokens):
-            try:
-                for token in tokens:
-                    state["tokens"] += 1
-                    yield token
-                    if reply.cancelled.is_set():  # checked before the next forward pass
-                        state["ended"] = "cancelled"
-                        return
-                if state["tokens"] == options["max_new_tokens"]:
-                    state["ended"] = "length"
-            finally:
-                tokens.close()
-
-        sampling = {key: options[key] for key in SAMPLING}
-        tokens = generate(chat.model, reply.ids, options["max_new_tokens"], stop_tokens=(EOT,),
-                          seed=options["seed"], vocab_size=VOCAB_SIZE, cache=chat.cache,
-                          autocast=chat.autocast, **sampling)
-        for piece in stream_text(until_cancelled(tokens), STOP_STRINGS):
-            reply.emit("token", {"text": piece})
-        reply.emit("done", {"reason": state["ended"], "tokens": state["tokens"]})
-
-
-# ---------------------------------------------------------------------------------------
 # the app
 
 def model_info(chat, name):
@@ -235,34 +116,17 @@ def sse(event, data):
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
-def error_response(status, message, headers=None):
+def error_response(request, e):
+    """A refusal as JSON: the page API's {"error": "<one line>"}, OpenAI's shape under /v1/."""
     from fastapi.responses import JSONResponse
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    path = request.url.path
+    body = openai_api.error_body(e) if path.startswith("/v1/") or path == "/v1" else {"error": str(e)}
+    return JSONResponse(body, status_code=e.status, headers=e.headers)
 
 
-async def read_body(request, limit=MAX_BODY_BYTES):
-    """The request body, refused with 413 as soon as it passes limit bytes."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BadRequest(f"the body has {int(declared)} bytes; at most {limit} are accepted", 413)
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise BadRequest(f"the body is over {limit} bytes", 413)
-    return bytes(body)
-
-
-async def read_json(request):
-    # JSON only: a browser must then ask first (CORS preflight) before another site's page can post here
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/json":
-        raise BadRequest("send the body as JSON (Content-Type: application/json)", 415)
-    return parse_json(await read_body(request))
-
-
-def create_app(chat, name):
-    """The FastAPI app serving chat (a wigglegpt.chat.Chat: model, cache, defaults) under name."""
+def create_app(chat, name, api_key=""):
+    """The FastAPI app serving chat (a wigglegpt.chat.Chat: model, cache, defaults) under name;
+    with api_key, every API route (/api/*, /v1/*) wants Authorization: Bearer api_key."""
     from contextlib import asynccontextmanager
 
     fastapi = require("fastapi")
@@ -275,7 +139,7 @@ def create_app(chat, name):
     block_size = unwrap(chat.model).config.block_size
     defaults = {"system": chat.system, "max_new_tokens": chat.max_new_tokens, "seed": chat.seed,
                 "repetition_window": 0, **chat.sampling}  # 0: the whole context, as in wigglegpt.engine
-    info = {**model_info(chat, name), "defaults": defaults,
+    info = {**model_info(chat, name), "defaults": defaults, "api_key": bool(api_key),
             "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_messages": MAX_MESSAGES}}
     with open(PAGE, encoding="utf-8") as f:
         page = f.read()
@@ -287,25 +151,26 @@ def create_app(chat, name):
 
     app = fastapi.FastAPI(title="WiggleGPT chat", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.worker = worker
+    keyed = [fastapi.Depends(key_checker(api_key))]
 
     @app.exception_handler(BadRequest)
     async def bad_request(request, e):
-        return error_response(e.status, str(e))
+        return error_response(request, e)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request, e):  # an unknown route (404), a wrong method (405): the API's one-line shape
-        return error_response(e.status_code, f"{request.method} {request.url.path}: {e.detail}",
-                              getattr(e, "headers", None))
+    async def http_error(request, e):  # an unknown route (404), a wrong method (405): the APIs' own shapes
+        return error_response(request, BadRequest(f"{request.method} {request.url.path}: {e.detail}", e.status_code,
+                                                  headers=getattr(e, "headers", None)))
 
     @app.get("/")
     async def index():
         return HTMLResponse(page, headers=PAGE_HEADERS)
 
-    @app.get("/api/info")
+    @app.get("/api/info", dependencies=keyed)
     async def api_info():
         return {"status": "ok", **info, "busy": worker.busy()}
 
-    @app.post("/api/stop")
+    @app.post("/api/stop", dependencies=keyed)
     async def api_stop(request: fastapi.Request):
         data = await read_json(request)
         reply_id = data.get("id") if isinstance(data, dict) else None
@@ -315,7 +180,7 @@ def create_app(chat, name):
             raise BadRequest(f"no reply {reply_id!r} is being written or waiting", 404)
         return {"stopped": reply_id}
 
-    @app.post("/api/chat")
+    @app.post("/api/chat", dependencies=keyed)
     async def api_chat(request: fastapi.Request):
         system, messages, options = read_chat_request(await read_json(request), defaults, block_size)
         budget = block_size - options["max_new_tokens"]
@@ -323,37 +188,21 @@ def create_app(chat, name):
             kept, ids = await run_in_threadpool(fit_conversation, system, messages, budget)
         except UserError as e:  # MessageTooLong
             raise BadRequest(str(e)) from None
-        loop = asyncio.get_running_loop()
-        events = asyncio.Queue()
-
-        def emit(event, data):  # called on the worker thread
-            try:
-                loop.call_soon_threadsafe(events.put_nowait, (event, data))
-            except RuntimeError:  # the event loop is gone: the server stopped
-                reply.cancelled.set()
-
-        reply = Reply(ids, options, emit)
-        worker.submit(reply)
+        reply, events = start_reply(worker, ids, options)
 
         async def stream():
             try:
                 yield sse("start", {"id": reply.id, "prompt_tokens": len(ids),
                                     "dropped_messages": len(messages) - len(kept)})
-                while True:
-                    try:
-                        event, data = await asyncio.wait_for(events.get(), KEEPALIVE_S)
-                    except asyncio.TimeoutError:
-                        yield ": waiting\n\n"
-                        continue
-                    yield sse(event, data)
-                    if event in ("done", "error"):
-                        return
+                async for item in events:
+                    yield ": waiting\n\n" if item is None else sse(*item)
             finally:  # the client left (the task is cancelled) or the reply is over: free the worker
                 reply.cancelled.set()
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    openai_api.add_routes(app, worker, name, defaults, block_size, keyed)
     return app
 
 
@@ -368,8 +217,19 @@ def check_web_settings(cfg):
         raise UserError(f"port must be between 0 and 65535 (0: any free port), got {cfg.port}")
     if not cfg.host.strip():
         raise UserError("host is empty; use 127.0.0.1 (this machine only) or an address to listen on")
+    api_key(cfg)
     require("fastapi")
     require("uvicorn")
+
+
+def api_key(cfg):
+    """The key the APIs require: --api_key, else the WIGGLEGPT_API_KEY environment variable
+    (the safer place: a command line shows in the process list), else '' (none)."""
+    key = cfg.api_key or os.environ.get(API_KEY_ENV, "")
+    where = "--api_key" if cfg.api_key else API_KEY_ENV
+    if key and (not key.isascii() or not key.isprintable() or " " in key):
+        raise UserError(f"{where} must be printable ASCII without spaces (it is sent in an HTTP header)")
+    return key
 
 
 def bind(host, port):
@@ -394,15 +254,17 @@ def url_for(sock):
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
-def serve(chat, name, host="127.0.0.1", port=8000):
-    """Serve the chat until Ctrl-C (or SIGTERM)."""
+def serve(chat, name, host="127.0.0.1", port=8000, key=""):
+    """Serve the chat until Ctrl-C (or SIGTERM); with key, the APIs want it as a Bearer token."""
     uvicorn = require("uvicorn")
-    app = create_app(chat, name)
+    app = create_app(chat, name, key)
     sock = bind(host, port)
-    if host not in LOCAL_HOSTS:
-        print(f"warning: listening on {host}: anyone who can reach this machine on port "
-              f"{sock.getsockname()[1]} can use the chat (there is no login)", file=sys.stderr)
-    print(f"chat in the browser: {url_for(sock)}  (Ctrl-C stops the server)", flush=True)
+    if host not in LOCAL_HOSTS and not key:
+        print(f"warning: listening on {host} without an API key: anyone who can reach this machine on port "
+              f"{sock.getsockname()[1]} can use the chat and its API (set --api_key or {API_KEY_ENV})",
+              file=sys.stderr)
+    url = url_for(sock)
+    print(f"chat in the browser: {url}  OpenAI-compatible API: {url}v1  (Ctrl-C stops the server)", flush=True)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
                                            timeout_graceful_shutdown=2))
     exit_on_signal = server.handle_exit
