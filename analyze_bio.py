@@ -3,11 +3,14 @@ What did the oscillating neurons learn? Statistics of omega, phi and baseline in
 
     python analyze_bio.py --ckpt=out-shakespeare-bio/ckpt.pt
     python analyze_bio.py --ckpt=ckpt_pretrain.pt --compare=ckpt_finetune.pt --plots=plots
+    python analyze_bio.py --ckpt=ckpt_pretrain.pt --compare=ckpt_finetune.pt --bands --plots=plots
 
 Reads only the state dict and config (this project's checkpoints or the original WiggleGPT
-files) and prints the statistics overall and per layer, next to their initial values;
---compare adds the stability table between two checkpoints of one shape, --plots writes the
-figures. What each figure means: README.md, "Research tools".
+files) and prints the statistics overall and per layer, next to their initial values, for
+every oscillator set (v2 checkpoints have two per block); --compare adds the stability table
+between two checkpoints of one shape, --bands the EEG-style band table of the original's
+analyze_brainwaves.py (wigglegpt/bands.py), --plots writes the figures, the original's among
+them. What each figure means: README.md, "Research tools".
 """
 
 import math
@@ -15,9 +18,10 @@ import os
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from model_bio import OscillateFunction
-from wigglegpt import hub
+from wigglegpt import bands, hub
 from wigglegpt.checkpoint import CheckpointError, clean_state_dict, is_original_format, load_checkpoint, model_config
 from wigglegpt.common import UserError, run_main, write_error
 from wigglegpt.loader import REVISION_MEANING
@@ -28,11 +32,15 @@ SETTINGS = {
                  "for one on the Hub)"),
     "revision": ("", REVISION_MEANING),
     "compare": ("", "a second checkpoint of the same shape: print the stability table from ckpt to it"),
-    "plots": ("", "folder for PNG histograms and activation curves (default: no plots)"),
+    "plots": ("", "folder for the PNG figures: histograms, activation curves, the original's wiggle_analysis.png "
+                  "(and wiggle_finetune_analysis.png with --compare); a second oscillator set's in a subfolder "
+                  "(default: no plots)"),
+    "bands": (False, "also print the EEG-style band table of |omega| (the original's analyze_brainwaves.py); "
+                     "with --plots also draw its five figures"),
     "seed": (0, "random seed for the random neurons drawn in the activation-curve plot"),
 }
 
-# (mean, std) at init, as model_bio.GPT.init_weights sets them
+# (mean, std) at init, as model_bio.GPT.init_weights sets them (the same for every oscillator set)
 INIT = {"omega": (1.0, 0.1), "phi": (0.0, 0.1), "baseline": (0.0, 0.0), "gate_weight": (1.0, 0.0),
         "gate_bias": (0.0, 0.0)}
 ACTIVE_OMEGA = 0.1  # |omega| above this: the neuron oscillates; below: close to linear
@@ -40,56 +48,78 @@ PHASE_BINS = 36  # coverage of [-pi, pi) is counted in 36 bins of 10 degrees
 SHIFTS = (0.1, 0.5)  # per-neuron change thresholds of the stability table
 NEAR_INIT = 0.2  # |omega - 1| below this: the neuron's frequency stayed near its init
 SCATTER_POINTS = 20_000  # scatter plots draw at most this many neurons (a seeded sample)
-# where each parameter sits under transformer.h.{i}.mlp. in the state dict
-STATE_NAMES = {"omega": "activation.omega", "phi": "activation.phi", "baseline": "activation.baseline",
-               "gate_weight": "gate_weight", "gate_bias": "gate_bias"}
-PARAMS = tuple(STATE_NAMES)
+OSCILLATOR = ("omega", "phi", "baseline")  # the parameters of one OscillatingActivation
+PARAMS = OSCILLATOR + ("gate_weight", "gate_bias")
+# the lightweight sparse gate's vectors, in front of mlp.activation (under transformer.h.{i}.)
+GATE = {"gate_weight": "mlp.gate_weight", "gate_bias": "mlp.gate_bias"}
+# what each oscillator set is, by its module's name under transformer.h.{i}.
+SET_ABOUT = {"mlp.activation": "the MLP's activation",
+             "mlp.oscillating": "v2: the MLP's activation, after c_fc",
+             "mlp.sparse_gate.activation": "v2: the sparse event layer's own activation, after its transform"}
 
 
 # ---------------------------------------------------------------------------------------
 # reading the neurons out of a checkpoint
 
-def load_neurons(path, revision=""):
-    """The oscillating parameters of a checkpoint, per layer, as float64 numpy arrays.
+def oscillator_sets(state):
+    """The names of block 0's oscillator sets (modules with an omega), in state-dict order:
+    ['mlp.activation'], or v2's ['mlp.oscillating', 'mlp.sparse_gate.activation']."""
+    prefix = "transformer.h.0."
+    return [key[len(prefix):-len(".omega")] for key in state if key.startswith(prefix) and key.endswith(".omega")]
 
-    Returns dict(path, config, info, layers) with layers a list of
-    {"omega", "phi", "baseline"[, "gate_weight", "gate_bias"]} per transformer block.
+
+def load_neurons(path, revision=""):
+    """The oscillating parameters of a checkpoint, per oscillator set and layer, as float64 numpy arrays.
+
+    Returns dict(path, config, info, sets) with sets a list of dict(name, layers), one per
+    oscillator set (oscillator_sets), layers a list of {"omega", "phi", "baseline"[, "gate_weight",
+    "gate_bias"]} per transformer block (the gate's vectors go with mlp.activation).
     """
     if hub.is_hub_name(path):
         path = hub.resolve(path, revision)
     ckpt = load_checkpoint(path)
     config = model_config(ckpt, path)
     state = clean_state_dict(ckpt["model"])
-    names = dict(STATE_NAMES)
-    if config.use_sparse_gate and config.sparse_gate_kind == "event_layer":
-        # v2: the MLP's neurons are `oscillating`; the second set inside its gate is not read
-        names.update(omega="oscillating.omega", phi="oscillating.phi", baseline="oscillating.baseline")
-    layers = []
-    for i in range(config.n_layer):
-        prefix = f"transformer.h.{i}.mlp."
-        layer = {k: state[prefix + v].detach().double().numpy().ravel()
-                 for k, v in names.items() if prefix + v in state}
-        if "omega" not in layer:
-            if i == 0:
-                raise UserError(f"{path} has no oscillating neurons (use_bio_mlp={config.use_bio_mlp}: "
-                                f"its MLPs use GELU); nothing to analyze")
-            raise CheckpointError(f"{path}: layer {i} has no {prefix}activation.omega")
-        missing = [k for k in ("phi", "baseline") if k not in layer]
-        if missing:
-            raise CheckpointError(f"{path}: layer {i} has omega but no {', '.join(missing)}")
-        layers.append(layer)
-    return dict(path=path, config=config, info=checkpoint_info(ckpt), layers=layers)
+    names = oscillator_sets(state)
+    if not names:
+        raise UserError(f"{path} has no oscillating neurons (use_bio_mlp={config.use_bio_mlp}: "
+                        f"its MLPs use GELU); nothing to analyze")
+    sets = []
+    for name in names:
+        layers = []
+        for i in range(config.n_layer):
+            prefix = f"transformer.h.{i}."
+            missing = [f"{prefix}{name}.{k}" for k in OSCILLATOR if f"{prefix}{name}.{k}" not in state]
+            if missing:
+                raise CheckpointError(f"{path}: layer {i} has no {', '.join(missing)}")
+            layer = {k: state[f"{prefix}{name}.{k}"].detach().double().numpy().ravel() for k in OSCILLATOR}
+            if name == "mlp.activation":
+                layer.update({k: state[prefix + v].detach().double().numpy().ravel()
+                              for k, v in GATE.items() if prefix + v in state})
+            layers.append(layer)
+        sets.append(dict(name=name, layers=layers))
+    return dict(path=path, config=config, info=checkpoint_info(ckpt), sets=sets)
 
 
 def checkpoint_info(ckpt):
-    """Format, iteration and best val loss, wherever the checkpoint keeps them."""
+    """Format, iteration and the stored val loss, with what that number is.
+
+    The original's train loop (train_bio.py, finetune_native.py; v1 and v2 alike) with
+    always_save_checkpoint=True, its default, set best_val_loss to every eval's val loss before
+    saving: the number is the last save's val loss, not the best. Its checkpoints keep that
+    setting in their 'config'. This project's best_val_loss is the best.
+    """
     train = ckpt.get("train_config") if isinstance(ckpt.get("train_config"), dict) else {}
     iter_num = ckpt.get("iter_num", train.get("iter_num"))
-    best = ckpt.get("best_val_loss", train.get("best_val_loss"))
-    if isinstance(best, torch.Tensor):
-        best = best.item()
-    return dict(format="original WiggleGPT" if is_original_format(ckpt) else "wigglegpt-bio",
-                iter_num=iter_num, best_val_loss=best)
+    val_loss = ckpt.get("best_val_loss", train.get("best_val_loss"))
+    if isinstance(val_loss, torch.Tensor):
+        val_loss = val_loss.item()
+    original = is_original_format(ckpt)
+    stored = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    last_save = original and stored.get("always_save_checkpoint") is True
+    return dict(format="original WiggleGPT" if original else "wigglegpt-bio", iter_num=iter_num,
+                val_loss=val_loss, val_loss_is_last_save=last_save,
+                val_loss_label="val loss at the last save" if last_save else "best val loss")
 
 
 def all_layers(layers, name):
@@ -153,14 +183,15 @@ def analyze(layers):
 
 
 def check_same_shape(a, b):
-    """Two neuron sets can be compared neuron by neuron only if every layer has the same size."""
-    sa = [layer["omega"].size for layer in a["layers"]]
-    sb = [layer["omega"].size for layer in b["layers"]]
+    """Two checkpoints can be compared neuron by neuron only if they have the same oscillator
+    sets and every layer of each has the same size."""
+    def shape(neurons):
+        sets = [(s["name"], [layer["omega"].size for layer in s["layers"]]) for s in neurons["sets"]]
+        return sets, "; ".join(f"{name}: " + (f"{len(sizes)} layers x {sizes[0]} neurons" if len(set(sizes)) == 1
+                                               else f"layer sizes {sizes}") for name, sizes in sets)
+    (sa, ta), (sb, tb) = shape(a), shape(b)
     if sa != sb:
-        def shape(s):
-            return f"{len(s)} layers x {s[0]} neurons" if len(set(s)) == 1 else f"layer sizes {s}"
-        raise UserError(f"cannot compare checkpoints of different shapes: {a['path']} has {shape(sa)}, "
-                        f"{b['path']} has {shape(sb)}")
+        raise UserError(f"cannot compare checkpoints of different shapes: {a['path']} has {ta}, {b['path']} has {tb}")
 
 
 def shift_stats(before, after):
@@ -195,19 +226,42 @@ def header(title, columns):
     return f"{title:<14}" + "".join(f"{c:>10}" for c in columns)
 
 
+def set_heading(neurons, k):
+    """The line that names oscillator set k, when a checkpoint has more than one."""
+    name = neurons["sets"][k]["name"]
+    about = SET_ABOUT.get(name, "an oscillating activation")
+    return f"=== oscillator set {k + 1} of {len(neurons['sets'])}: {name} ({about})"
+
+
 def print_card(neurons, stats):
-    cfg, info, layers = neurons["config"], neurons["info"], neurons["layers"]
-    n_total = sum(layer["omega"].size for layer in layers)
+    """The model card; stats: analyze() of each oscillator set, in the order of neurons['sets']."""
+    cfg, info, sets = neurons["config"], neurons["info"], neurons["sets"]
+    per_layer = sets[0]["layers"][0]["omega"].size
+    n_total = sum(layer["omega"].size for s in sets for layer in s["layers"])
     extra = ""
     if info["iter_num"] is not None:
         extra += f", iter {info['iter_num']}"
-    if info["best_val_loss"] is not None:
-        extra += f", best val loss {float(info['best_val_loss']):.4f}"
+    if info["val_loss"] is not None:
+        extra += f", {info['val_loss_label']} {float(info['val_loss']):.4f}"
     print(f"checkpoint {neurons['path']} ({info['format']} format{extra})")
-    print(f"{cfg.n_layer} layers x {layers[0]['omega'].size} oscillating neurons = {n_total} neurons "
-          f"(n_embd {cfg.n_embd}, sparse gate {'on' if 'gate_weight' in layers[0] else 'off'})")
-    groups = [("all layers", stats["overall"])] + [(f"layer {i}", s) for i, s in enumerate(stats["layers"])]
+    if info["val_loss_is_last_save"]:
+        print("  (the original saved with always_save_checkpoint=True and stored each save's val loss as "
+              "best_val_loss: this is the latest eval's, not the best)")
+    gate = f"on, {cfg.sparse_gate_kind}" if cfg.use_sparse_gate else "off"
+    count = (f"{per_layer:,} oscillating neurons = {n_total:,} neurons" if len(sets) == 1 else
+             f"{len(sets)} oscillator sets x {per_layer:,} neurons = {n_total:,} oscillating neurons")
+    print(f"{cfg.n_layer} layers x {count} (n_embd {cfg.n_embd}, sparse gate {gate}; "
+          f"set{'s' if len(sets) > 1 else ''}: {', '.join(s['name'] for s in sets)})")
+    for k, set_stats in enumerate(stats):
+        if len(sets) > 1:
+            print()
+            print(set_heading(neurons, k))
+        print_set_tables(set_stats)
 
+
+def print_set_tables(stats):
+    """The tables of one oscillator set: omega, phi, baseline and the gate's vectors if any."""
+    groups = [("all layers", stats["overall"])] + [(f"layer {i}", s) for i, s in enumerate(stats["layers"])]
     print()
     print(header("omega", ["mean", "std", "min", "max", "active"]))
     print(row("init", [INIT["omega"][0], INIT["omega"][1], "-", "-", "-"]))
@@ -239,9 +293,11 @@ def print_card(neurons, stats):
             print(row(label, [b["mean"], b["std"], b["min"], b["max"]]))
 
 
-def print_stability(a, b, cmp):
+def print_stability(a, b, cmp, k=0):
+    """The stability table of oscillator set k from checkpoint a to b; cmp: compare() of that set."""
     print()
-    print(f"stability: {a['path']} -> {b['path']}")
+    where = f", oscillator set {a['sets'][k]['name']}" if len(a["sets"]) > 1 else ""
+    print(f"stability: {a['path']} -> {b['path']}{where}")
     o = cmp["overall"]
     print(header("", ["before", "after", "change"]))
     for name, label in (("omega", "omega"), ("phi", "phi")):
@@ -282,15 +338,16 @@ def _pyplot():
     return plt
 
 
-def plot_histograms(sets, path):
-    """Overall omega and phi histograms; sets is [(label, layers)], one overlaid colour each."""
+def plot_histograms(runs, path):
+    """Overall omega and phi histograms; runs is [(label, layers)] (one oscillator set of one or two
+    checkpoints), one overlaid colour each."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, name in zip(axes, ("omega", "phi")):
-        values = [all_layers(layers, name) for _, layers in sets]
+        values = [all_layers(layers, name) for _, layers in runs]
         edges = np.histogram_bin_edges(np.concatenate(values), bins=80)
-        for (label, _), v in zip(sets, values):
-            ax.hist(v, bins=edges, alpha=0.55 if len(sets) > 1 else 0.85, label=f"{label} ({v.size} neurons)")
+        for (label, _), v in zip(runs, values):
+            ax.hist(v, bins=edges, alpha=0.55 if len(runs) > 1 else 0.85, label=f"{label} ({v.size} neurons)")
         mean, std = INIT[name]
         ax.axvspan(mean - std, mean + std, color="gray", alpha=0.15, label=f"init mean +- std ({mean:g} +- {std:g})")
         if name == "omega":
@@ -308,28 +365,28 @@ def plot_histograms(sets, path):
     plt.close(fig)
 
 
-def plot_layer_histograms(sets, path):
+def plot_layer_histograms(runs, path):
     """One row per parameter (omega, phi), one column per layer, as a grid of small histograms
     (wrapped in rows of at most 6 layers)."""
     plt = _pyplot()
-    n_layer = len(sets[0][1])
+    n_layer = len(runs[0][1])
     per_row = min(6, n_layer)
     row_blocks = math.ceil(n_layer / per_row)
     fig, axes = plt.subplots(2 * row_blocks, per_row, figsize=(2.6 * per_row, 2.2 * 2 * row_blocks),
                              squeeze=False)
     for p, name in enumerate(("omega", "phi")):
-        edges = np.histogram_bin_edges(np.concatenate([all_layers(layers, name) for _, layers in sets]), bins=50)
+        edges = np.histogram_bin_edges(np.concatenate([all_layers(layers, name) for _, layers in runs]), bins=50)
         for i in range(row_blocks * per_row):
             ax = axes[2 * (i // per_row) + p, i % per_row]
             if i >= n_layer:
                 ax.axis("off")
                 continue
-            for label, layers in sets:
-                ax.hist(layers[i][name], bins=edges, alpha=0.55 if len(sets) > 1 else 0.85, label=label)
+            for label, layers in runs:
+                ax.hist(layers[i][name], bins=edges, alpha=0.55 if len(runs) > 1 else 0.85, label=label)
             ax.set_title(f"layer {i}: {name}", fontsize=9)
             ax.tick_params(labelsize=7)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=len(sets))
+    fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=len(runs))
     fig.suptitle("omega and phi per layer", x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=100)
@@ -383,18 +440,18 @@ def plot_activations(layers, path, seed=0):
     plt.close(fig)
 
 
-def sample_index(n, seed=0):
-    """Indices of at most SCATTER_POINTS of n neurons (all when fewer): scatters stay readable and small."""
-    if n <= SCATTER_POINTS:
+def sample_index(n, seed=0, size=SCATTER_POINTS):
+    """Indices of at most size of n neurons (all when fewer): scatters stay readable and small."""
+    if n <= size:
         return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=SCATTER_POINTS, replace=False))
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def plot_omega_phi_scatter(sets, path, seed=0):
+def plot_omega_phi_scatter(runs, path, seed=0):
     """omega against phi, one dot per neuron (one colour per checkpoint): which phases go with which frequencies."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 6))
-    for label, layers in sets:
+    for label, layers in runs:
         omega, phi = all_layers(layers, "omega"), all_layers(layers, "phi")
         idx = sample_index(omega.size, seed)
         ax.scatter(omega[idx], phi[idx], s=3, alpha=0.3, label=f"{label} ({idx.size} of {omega.size} neurons)")
@@ -408,15 +465,15 @@ def plot_omega_phi_scatter(sets, path, seed=0):
     plt.close(fig)
 
 
-def plot_omega_deviation(sets, path):
+def plot_omega_deviation(runs, path):
     """Histogram of omega - 1 (the distance from init), with the +-0.2 band and its share."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    deviations = [all_layers(layers, "omega") - INIT["omega"][0] for _, layers in sets]
+    deviations = [all_layers(layers, "omega") - INIT["omega"][0] for _, layers in runs]
     edges = np.histogram_bin_edges(np.concatenate(deviations), bins=80)
-    for (label, layers), dev in zip(sets, deviations):
+    for (label, layers), dev in zip(runs, deviations):
         share = near_init_share(all_layers(layers, "omega"))
-        ax.hist(dev, bins=edges, alpha=0.55 if len(sets) > 1 else 0.85,
+        ax.hist(dev, bins=edges, alpha=0.55 if len(runs) > 1 else 0.85,
                 label=f"{label}: {share:.1%} within +-{NEAR_INIT}")
     ax.axvspan(-NEAR_INIT, NEAR_INIT, color="gray", alpha=0.2, label=f"|omega - 1| < {NEAR_INIT}")
     ax.axvline(0, color="k", lw=1)
@@ -465,22 +522,147 @@ def plot_before_after(before, after, labels, path, seed=0):
     plt.close(fig)
 
 
-def write_plots(folder, sets, seed=0):
-    """All PNGs for sets [(label, layers)]; activation curves for the last set; with two sets
-    also the drift and before-vs-after figures. Returns the paths."""
-    os.makedirs(folder, exist_ok=True)
-    names = ["omega_phi_hist.png", "omega_phi_layers.png", "activations.png", "omega_phi_scatter.png",
-             "omega_deviation.png"] + (["drift_hist.png", "before_after_scatter.png"] if len(sets) == 2 else [])
-    paths = [os.path.join(folder, name) for name in names]
-    plot_histograms(sets, paths[0])
-    plot_layer_histograms(sets, paths[1])
-    plot_activations(sets[-1][1], paths[2], seed=seed)
-    plot_omega_phi_scatter(sets, paths[3], seed=seed)
-    plot_omega_deviation(sets, paths[4])
-    if len(sets) == 2:
-        plot_drift(sets[0][1], sets[1][1], paths[5])
-        plot_before_after(sets[0][1], sets[1][1], [label for label, _ in sets], paths[6], seed=seed)
-    return paths
+def figure_wiggle_analysis(layers, label, seed=0):
+    """The original analyze_wiggle-pretrain.py's 2 x 2 figure (wiggle_analysis.png), panel for
+    panel: the omega histogram with its init and learned means, the phi histogram likewise,
+    the histogram of omega - 1, and omega against phi (10,000 sampled neurons). Returns the Figure."""
+    plt = _pyplot()
+    omega, phi = all_layers(layers, "omega"), all_layers(layers, "phi")
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10))
+    for ax, values, name, colour, title, unit in (
+            (axes[0, 0], omega, "omega", "tab:blue", "learned frequencies", "omega"),
+            (axes[0, 1], phi, "phi", "tab:orange", "learned phases", "phi (radians)")):
+        ax.hist(values, bins=100, color=colour, alpha=0.7, edgecolor="k", linewidth=0.5)
+        ax.axvline(INIT[name][0], color="r", ls="--", lw=2, label=f"init mean ({INIT[name][0]:g})")
+        ax.axvline(values.mean(), color="g", lw=2, label=f"learned mean ({values.mean():.3f})")
+        ax.set_title(f"distribution of the {title} ({name})", fontweight="bold")
+        ax.set_xlabel(unit)
+    ax = axes[1, 0]
+    ax.hist(omega - INIT["omega"][0], bins=100, color="purple", alpha=0.7, edgecolor="k", linewidth=0.5)
+    ax.axvline(0, color="r", ls="--", lw=2, label="no change from init")
+    ax.set_title(f"omega deviation from init (omega - {INIT['omega'][0]:g})", fontweight="bold")
+    ax.set_xlabel("deviation from the initial value")
+    for ax in (axes[0, 0], axes[0, 1], axes[1, 0]):
+        ax.set_ylabel("neurons")
+        ax.legend()
+    ax = axes[1, 1]
+    idx = sample_index(omega.size, seed, size=10_000)
+    ax.scatter(omega[idx], phi[idx], s=1, alpha=0.3)
+    ax.axhline(INIT["phi"][0], color="gray", ls="--", alpha=0.5)
+    ax.axvline(INIT["omega"][0], color="gray", ls="--", alpha=0.5)
+    ax.set_title(f"omega vs phi ({idx.size:,} of {omega.size:,} neurons)", fontweight="bold")
+    ax.set_xlabel("omega (frequency)")
+    ax.set_ylabel("phi (phase)")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    fig.suptitle(label)
+    fig.tight_layout()
+    return fig
+
+
+def figure_wiggle_finetune_analysis(before, after, labels, seed=0):
+    """The original analyze_wiggle-finetune.py's 2 x 3 figure (wiggle_finetune_analysis.png),
+    panel for panel. Top: omega and phi densities of both checkpoints with the init value, the
+    drift |after - before| of omega and phi. Bottom: omega before vs after and phi before vs
+    after (5,000 sampled neurons, the diagonal is 'no change'), omega vs phi of the second
+    checkpoint. Returns the Figure."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(18, 10))
+    fig.suptitle(f"oscillation parameters before and after (pretrained vs fine-tuned): {labels[0]} -> {labels[1]}",
+                 fontweight="bold")
+    values = {name: (all_layers(before, name), all_layers(after, name)) for name in ("omega", "phi")}
+    for ax, name in zip(axes[0, :2], ("omega", "phi")):
+        edges = np.histogram_bin_edges(np.concatenate(values[name]), bins=80)
+        for v, label, colour in zip(values[name], labels, ("tab:blue", "tab:red")):
+            ax.hist(v, bins=edges, density=True, alpha=0.6, color=colour, label=label)
+        ax.axvline(INIT[name][0], color="k", ls="--", lw=1, label=f"init ({INIT[name][0]:g})")
+        ax.set_title(f"{name} distribution")
+        ax.set_xlabel(name)
+        ax.set_ylabel("density")
+    ax = axes[0, 2]
+    drift = {name: np.abs(values[name][1] - values[name][0]) for name in ("omega", "phi")}
+    edges = np.histogram_bin_edges(np.concatenate(list(drift.values())), bins=80)
+    for name, colour, alpha in (("omega", "purple", 0.7), ("phi", "orange", 0.5)):
+        ax.hist(drift[name], bins=edges, alpha=alpha, color=colour, label=f"{name} drift")
+    ax.set_title(f"parameter drift (|{labels[1]} - {labels[0]}|)", fontsize=10)
+    ax.set_xlabel("absolute change")
+    ax.set_ylabel("neurons")
+    idx = sample_index(values["omega"][0].size, seed, size=5_000)
+    for ax, name in zip(axes[1, :2], ("omega", "phi")):
+        x, y = values[name]
+        ax.scatter(x[idx], y[idx], s=2, alpha=0.2)
+        lims = [min(x.min(), y.min()), max(x.max(), y.max())]
+        ax.plot(lims, lims, "r--", lw=1, label="no change")
+        ax.set_title(f"{name}: before vs after ({idx.size:,} of {x.size:,} neurons)")
+        ax.set_xlabel(f"{name}: {labels[0]}")
+        ax.set_ylabel(f"{name}: {labels[1]}")
+    ax = axes[1, 2]
+    ax.scatter(values["omega"][1][idx], values["phi"][1][idx], s=2, alpha=0.2, color="green")
+    ax.axhline(INIT["phi"][0], color="gray", ls="--", alpha=0.5)
+    ax.axvline(INIT["omega"][0], color="gray", ls="--", alpha=0.5)
+    ax.set_title(f"{labels[1]}: omega vs phi", fontsize=10)
+    ax.set_xlabel("omega (frequency)")
+    ax.set_ylabel("phi (phase)")
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path):
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+
+
+def plot_jobs(runs, seed=0, with_bands=False):
+    """[(file name, function(path) that writes it)] of every figure for runs [(label, layers)]:
+    one oscillator set of one checkpoint or of two (then also the drift, before-vs-after and the
+    original's 2 x 3 figures); activation curves of the last; the band figures when asked."""
+    label, layers = runs[0]
+    jobs = [("omega_phi_hist.png", lambda path: plot_histograms(runs, path)),
+            ("omega_phi_layers.png", lambda path: plot_layer_histograms(runs, path)),
+            ("activations.png", lambda path: plot_activations(runs[-1][1], path, seed=seed)),
+            ("omega_phi_scatter.png", lambda path: plot_omega_phi_scatter(runs, path, seed=seed)),
+            ("omega_deviation.png", lambda path: plot_omega_deviation(runs, path)),
+            ("wiggle_analysis.png", lambda path: save_figure(figure_wiggle_analysis(layers, label, seed), path))]
+    if len(runs) == 2:
+        before, after, labels = runs[0][1], runs[1][1], [lab for lab, _ in runs]
+        jobs += [("drift_hist.png", lambda path: plot_drift(before, after, path)),
+                 ("before_after_scatter.png", lambda path: plot_before_after(before, after, labels, path, seed=seed)),
+                 ("wiggle_finetune_analysis.png",
+                  lambda path: save_figure(figure_wiggle_finetune_analysis(before, after, labels, seed), path))]
+    if with_bands:
+        jobs += bands.figures(runs, seed)
+    return jobs
+
+
+def set_runs(checkpoints, k):
+    """[(label, layers)] of oscillator set k in each of checkpoints [(label, neurons)]; the set's
+    name joins the label when a checkpoint has several."""
+    several = len(checkpoints[0][1]["sets"]) > 1
+    return [(f"{label} [{n['sets'][k]['name']}]" if several else label, n["sets"][k]["layers"])
+            for label, n in checkpoints]
+
+
+def set_folder(folder, neurons, k):
+    """Where oscillator set k's figures go: the first set's in folder, each further set's in
+    folder/<its name without 'mlp.'> (v2: folder/sparse_gate.activation)."""
+    name = neurons["sets"][k]["name"]
+    return folder if k == 0 else os.path.join(folder, name[len("mlp."):] if name.startswith("mlp.") else name)
+
+
+def write_plots(folder, checkpoints, seed=0, with_bands=False):
+    """Every figure of every oscillator set of checkpoints [(label, neurons)] (one or two), as
+    PNGs under folder (set_folder). Returns the paths."""
+    first = checkpoints[0][1]
+    jobs = [(os.path.join(set_folder(folder, first, k), name), draw)
+            for k in range(len(first["sets"])) for name, draw in plot_jobs(set_runs(checkpoints, k), seed, with_bands)]
+    for path, draw in tqdm(jobs, desc="figures", unit="figure", leave=False, disable=None):  # matplotlib: about a second a figure
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        draw(path)
+    return [path for path, _ in jobs]
 
 
 def main(argv=None):
@@ -490,25 +672,31 @@ def main(argv=None):
     if cfg.plots and os.path.exists(cfg.plots) and not os.path.isdir(cfg.plots):
         raise UserError(f"--plots={cfg.plots} is a file; give a folder for the figures")
     neurons = load_neurons(cfg.ckpt, cfg.revision)
-    stats = analyze(neurons["layers"])
-    print_card(neurons, stats)
-    sets = [(cfg.ckpt, neurons["layers"])]
-    cmp = None
+    checkpoints = [(cfg.ckpt, neurons)]
+    results = [dict(name=s["name"], stats=analyze(s["layers"]), compare=None, bands=None) for s in neurons["sets"]]
+    print_card(neurons, [r["stats"] for r in results])
     if cfg.compare:
         other = load_neurons(cfg.compare, cfg.revision)
         check_same_shape(neurons, other)
-        cmp = compare(neurons["layers"], other["layers"])
-        print_stability(neurons, other, cmp)
-        sets.append((cfg.compare, other["layers"]))
+        checkpoints.append((cfg.compare, other))
+        for k, r in enumerate(results):
+            r["compare"] = compare(neurons["sets"][k]["layers"], other["sets"][k]["layers"])
+            print_stability(neurons, other, r["compare"], k)
+    if cfg.bands:
+        for k, r in enumerate(results):
+            print()
+            print("EEG-style bands of |omega| (the original's analyze_brainwaves.py)"
+                  + (f", oscillator set {r['name']}" if len(results) > 1 else "") + ":")
+            r["bands"] = bands.print_band_table([(label, n["sets"][k]["layers"]) for label, n in checkpoints])
     if cfg.plots:
         print()
         try:
-            paths = write_plots(cfg.plots, sets, seed=cfg.seed)
+            paths = write_plots(cfg.plots, checkpoints, seed=cfg.seed, with_bands=cfg.bands)
         except OSError as e:  # no permission, a full disk, a file in the way
             raise write_error(cfg.plots, e, "run again") from None
         for path in paths:
             print(f"wrote {path}")
-    return dict(stats=stats, compare=cmp)
+    return dict(sets=results)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ SETTINGS = {
                              "(None: 256, or half the model's context when that is smaller)"),
     **sampling_settings(temperature=0.7, top_k=50, top_p=0.9, repetition_penalty=1.1, seed=-1,
                         seed_meaning="random seed for reproducible replies; turn i uses seed + i (negative: no seed)"),
-    **preset_setting(),
+    **preset_setting("chat"),
     "web": (False, "chat in the browser: serve a page and an HTTP API (needs fastapi and uvicorn)"),
     "host": ("127.0.0.1", "address the web chat listens on (other than this machine's only when you mean it)"),
     "port": (8000, "port of the web chat (0: any free port)"),
@@ -113,7 +113,8 @@ def answer_lines(chat, lines, write=write_stdout, warn=None):
 
 def main(argv=None):
     cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
-    apply_preset(cfg, argv)
+    device = pick_device(cfg.device)
+    apply_preset(cfg, "chat", device)
     sampling = sampling_options(cfg)
     check_options(cfg.max_new_tokens or 0, **sampling)
     if cfg.prompt and not cfg.prompt.strip():
@@ -122,12 +123,14 @@ def main(argv=None):
         web.check_web_settings(cfg)  # before the model loads
     elif cfg.api_key:
         raise UserError("--api_key protects the web chat's APIs; use it with --web")
-    device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     model, path = load_for_inference(model_source(cfg.ckpt, cfg.init_from), cfg.out_dir, device,
                                      needs_tokenizer="sampling", revision=cfg.revision)
-    chat = Chat(model, system=cfg.system, max_new_tokens=reply_budget(cfg.max_new_tokens, model.config.block_size),
-                seed=cfg.seed if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype), **sampling)
+    original = cfg.preset == "original"
+    chat = Chat(model, system=cfg.system,
+                max_new_tokens=reply_budget(cfg.max_new_tokens, model.config.block_size, original),
+                seed=cfg.seed if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype),
+                original=original, **sampling)
     if cfg.web:
         return web.serve(chat, name=path, host=cfg.host, port=cfg.port, key=web.api_key(cfg))
     prepare_stdout()  # a reader that leaves (| head) is run_main's BrokenPipeError: a quiet exit

@@ -5,10 +5,14 @@ Compare training runs side by side: a table of their numbers and a plot of their
     python compare_bio.py --run config/shakespeare_bio.py config/shakespeare_gelu.py --max_iters=100
     python compare_bio.py --run config/shakespeare_bio.py --rope_variants  # real RoPE vs legacy (no positions)
     python compare_bio.py --run config/shakespeare_bio.py config/shakespeare_gelu.py --seeds=3   # error bars
+    python compare_bio.py out-owt-bio --chart=loss_chart.png               # the original's loss chart
+    python compare_bio.py trainlog.txt --chart=loss_chart.png --zoom=0.075 # ... from a console log
 
 Each run is read from the metrics.jsonl that train_bio.py writes; --run trains the configs
-first, one train_bio.py subprocess each, with the same seed and token budget. The table's
-columns, the multi-seed statistics and how resumed runs are read: README.md, "Research tools".
+first, one train_bio.py subprocess each, with the same seed and token budget. --chart draws
+the original WiggleGPT's loss chart instead of the table, from metrics.jsonl or from a
+plain-text console log (wigglegpt/losslog.py). The table's columns, the multi-seed statistics
+and how resumed runs are read: README.md, "Research tools".
 """
 
 import json
@@ -19,6 +23,7 @@ import statistics
 import subprocess
 import sys
 
+from wigglegpt import losslog
 from wigglegpt.common import UserError, run_main, write_error
 from wigglegpt.settings import load_settings, read_config_file
 
@@ -31,6 +36,12 @@ SETTINGS = {
     "rope_variants": (False, "--run: train each RoPE config twice, with real RoPE and with legacy_rope=True"),
     "train_args": ("", "--run: extra settings for every run, e.g. \"--device=cpu --eval_interval=25\""),
     "plot": ("", "PNG of the loss curves (default: out_root/compare.png; 'none': no plot)"),
+    "chart": ("", "PNG of the original WiggleGPT's loss chart, instead of the table: linear, log-scale and "
+                  "final-region panels of the eval losses of one or more runs (run folders, metrics.jsonl files "
+                  "or plain-text console logs with 'step N: train loss X, val loss Y' lines)"),
+    "reference_loss": (3.12, "--chart: the dashed reference line (GPT-2 124M's val loss on OpenWebText, about "
+                             "3.12, as in the original chart); 0: no line"),
+    "zoom": (0.1, "--chart: the final-region panel shows this last share of the iterations (0.1: the last 10%)"),
 }
 
 # fields each kind of record must have (other kinds are skipped: newer writers may add some)
@@ -50,7 +61,7 @@ def metrics_path(path):
     if not os.path.isfile(file):
         if os.path.isdir(path):
             raise UserError(f"{path} has no metrics.jsonl (is it a train_bio.py out_dir? runs of the "
-                            "original code wrote none)")
+                            "original code wrote none: chart their console log with --chart)")
         raise UserError(f"run not found: {path} (give a run folder or its metrics.jsonl)")
     return file
 
@@ -481,16 +492,155 @@ def plot_bands(groups, path):
     plt.close(fig)
 
 
-def check_plot_path(path):
+# ---------------------------------------------------------------------------------------
+# --chart: the original WiggleGPT's loss chart (its generate_pretrain_loss_chart.py and
+# generate_finetune_loss_chart.py, in one figure)
+
+def is_metrics_source(path):
+    """A run folder or a .jsonl file is read as metrics.jsonl; any other file as a console log."""
+    return os.path.isdir(path) or path.lower().endswith(".jsonl")
+
+
+def chart_name(path):
+    return run_name(path) if is_metrics_source(path) else os.path.splitext(os.path.basename(path))[0]
+
+
+def eval_curve(path):
+    """[(step, train loss, val loss)] of a run: the eval records of its metrics.jsonl (the final
+    timeline, as the table reads it) or the eval lines of a plain-text log (wigglegpt/losslog.py)."""
+    if not is_metrics_source(path):
+        return losslog.read_loss_log(path)
+    evals = timeline(read_metrics(path))["eval"]
+    if not evals:
+        raise UserError(f"{metrics_path(path)} has no eval records yet: nothing to chart")
+    return [(e["iter"], e["train_loss"], e["val_loss"]) for e in evals]
+
+
+def curve_summary(points):
+    """Evals, last step, final val loss, and the best val loss with its step (None if none is finite)."""
+    finite_points = [p for p in points if finite([p[2]])]
+    best = min(finite_points, key=lambda p: p[2]) if finite_points else None
+    return dict(evals=len(points), last_step=points[-1][0], final_val=points[-1][2],
+                best_val=best[2] if best else None, best_step=best[0] if best else None)
+
+
+def print_chart_table(curves):
+    cells = []
+    for name, points in curves:
+        s = curve_summary(points)
+        cells.append([name, f"{s['evals']:,}", f"{s['last_step']:,}", fmt(s["final_val"], ".4f"),
+                      fmt(s["best_val"], ".4f"), fmt(s["best_step"], ",")])
+    print_columns(["run", "evals", "last step", "final val", "best val", "best at step"], cells)
+
+
+def figure_loss_chart(curves, reference=3.12, zoom=0.1):
+    """curves [(name, [(step, train loss, val loss)])] in the original's chart layout: the eval
+    losses on a linear scale (best val loss and final point marked, the steps after the best
+    shaded: the fine-tune chart), on a log scale (the pretrain chart's left panel), and the
+    final zoom share of the iterations (its right panel); the reference line on each. One run
+    is drawn in the original's colours (train blue, val red); several in one colour each (train
+    dashed). Returns the Figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (linear, logscale, final) = plt.subplots(1, 3, figsize=(20, 5.5))
+    first = min(points[0][0] for _, points in curves)
+    last = max(points[-1][0] for _, points in curves)
+    start = last - zoom * (last - first)
+    single = len(curves) == 1
+    zoomed = []  # the losses the final panel shows, for its y range
+    for i, (name, points) in enumerate(curves):
+        steps, train, val = (list(column) for column in zip(*points))
+        s = curve_summary(points)
+        train_colour, val_colour = ("tab:blue", "tab:red") if single else (f"C{i % 10}", f"C{i % 10}")
+        prefix = "" if single else f"{name}: "
+        best = f"best {s['best_val']:.4f} at step {s['best_step']:,}, " if s["best_val"] is not None else ""
+        marker = dict(marker="o", ms=3) if len(points) <= 60 else {}
+        for ax in (linear, logscale, final):
+            ax.plot(steps, train, color=train_colour, lw=1.8, alpha=0.8, ls="-" if single else "--",
+                    label=f"{prefix}train loss", **marker)
+            ax.plot(steps, val, color=val_colour, lw=1.8, alpha=0.8, label=f"{prefix}val loss ({best}final "
+                    f"{fmt(s['final_val'], '.4f')})", **marker)
+            ax.scatter([steps[-1]], [val[-1]], marker="s", s=80, color="orange", edgecolors="darkorange", zorder=5)
+            if s["best_val"] is not None:
+                ax.scatter([s["best_step"]], [s["best_val"]], s=110, color="green", edgecolors="darkgreen", zorder=5)
+        if single and s["best_val"] is not None:
+            arrow = dict(arrowstyle="->", color="darkgreen")
+            linear.annotate(f"best: {s['best_val']:.4f}\n(step {s['best_step']:,})", (s["best_step"], s["best_val"]),
+                            xytext=(-60, 40), textcoords="offset points", arrowprops=arrow, fontweight="bold")
+            if s["best_step"] < steps[-1]:
+                linear.axvspan(s["best_step"], steps[-1], color="red", alpha=0.08, label="after the best val loss")
+        zoomed += [loss for step, t, v in points if step >= start for loss in (t, v)]
+    if reference > 0:
+        for ax in (linear, logscale, final):
+            ax.axhline(reference, color="purple", ls="--", lw=2, alpha=0.5, label=f"reference {reference:g} "
+                       "(GPT-2 124M on OpenWebText: ~3.12)")
+    logscale.set_yscale("log")
+    zoomed = finite(zoomed + ([reference] if reference > 0 else []))
+    if zoomed:
+        pad = 0.1 * (max(zoomed) - min(zoomed)) or 0.05
+        final.set_ylim(min(zoomed) - pad, max(zoomed) + pad)
+    final.set_xlim(start, last + 0.02 * (last - first or 1))
+    if single and finite([curves[0][1][-1][2]]):
+        end_step, _, end_val = curves[0][1][-1]
+        above = end_val < sum(final.get_ylim()) / 2  # the label on the emptier side of the point
+        final.annotate(f"final: {end_val:.4f}", (end_step, end_val), xytext=(-110, 35 if above else -45),
+                       textcoords="offset points", arrowprops=dict(arrowstyle="->", color="darkgreen"),
+                       fontweight="bold")
+    titles = ((linear, "eval losses (best: green dot, final: orange square)"), (logscale, "full curve, log scale"),
+              (final, f"final region: the last {zoom * 100:g}% of the iterations (step {start:,.0f} on)"))
+    for ax, title in titles:
+        ax.set_title(title, fontweight="bold")
+        ax.set_xlabel("training iterations")
+        ax.set_ylabel("loss (log scale)" if ax is logscale else "loss")
+        ax.grid(alpha=0.3)
+    linear.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def save_chart(fig, path):
+    import matplotlib.pyplot as plt
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def chart(paths, cfg):
+    """--chart: read every run or log, print its numbers, draw the chart."""
+    if cfg.run or cfg.plot:
+        raise UserError("--chart draws finished runs or console logs on their own: drop --run and --plot")
+    if cfg.reference_loss < 0:
+        raise UserError(f"reference_loss must be 0 (no line) or positive, got {cfg.reference_loss}")
+    if not 0 < cfg.zoom <= 1:
+        raise UserError(f"zoom is the final share of the iterations to show, in (0, 1]; got {cfg.zoom}")
+    check_plot_path(cfg.chart, "--chart")
+    names = [chart_name(p) for p in paths]
+    if len(set(names)) < len(names):
+        names = [os.path.normpath(p) for p in paths]
+    curves = [(name, eval_curve(p)) for name, p in zip(names, paths)]
+    print_chart_table(curves)
+    try:
+        save_chart(figure_loss_chart(curves, cfg.reference_loss, cfg.zoom), cfg.chart)
+    except OSError as e:  # no permission, a full disk
+        raise write_error(cfg.chart, e, "run again") from None
+    print(f"wrote {cfg.chart}")
+    return curves
+
+
+def check_plot_path(path, option="--plot"):
     """Refuse, before any run is read or trained, a plot path that cannot be written: a folder
     of that name, or a file where one of its folders should be."""
     if os.path.isdir(path):
-        raise UserError(f"--plot={path} is a folder; give a .png file (or 'none')")
+        raise UserError(f"{option}={path} is a folder; give a .png file"
+                        + (" (or 'none')" if option == "--plot" else ""))
     folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):  # the folders plot_curves would make
+    while not os.path.exists(folder):  # the folders the plot would make
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
-        raise UserError(f"--plot={path}: {folder} is a file, not a folder; choose another --plot (or --out_root)")
+        raise UserError(f"{option}={path}: {folder} is a file, not a folder; choose another {option}"
+                        + (" (or --out_root)" if option == "--plot" else ""))
 
 
 def main(argv=None):
@@ -499,11 +649,14 @@ def main(argv=None):
     cfg = load_settings(SETTINGS, [a for a in argv if a.startswith("-")],
                         description=__doc__.strip().splitlines()[0], allow_config_file=False)
     if not paths:
-        raise UserError("give the runs to compare (folders or metrics.jsonl files), or --run and config files")
+        raise UserError("give the runs to compare (folders or metrics.jsonl files; with --chart also console logs), "
+                        "or --run and config files")
     if cfg.max_iters < 0:
         raise UserError(f"max_iters must not be negative, got {cfg.max_iters}")
     if cfg.seeds < 1:
         raise UserError(f"seeds must be at least 1, got {cfg.seeds}")
+    if cfg.chart:
+        return chart(paths, cfg)
     plot = cfg.plot or os.path.join(cfg.out_root, "compare.png")
     if plot.lower() != "none":
         check_plot_path(plot)

@@ -16,10 +16,11 @@ import sys
 import torch
 
 from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, prepare_stdout, run_main, write_stdout
-from wigglegpt.engine import check_options, generate, sampling_options, sampling_settings, stream_text
+from wigglegpt.engine import (apply_preset, check_options, generate, preset_setting, sampling_options,
+                              sampling_settings, stream_text)
 from wigglegpt.loader import load_for_inference, model_settings, model_source
 from wigglegpt.settings import load_settings
-from wigglegpt.tokenizer import EOT, VOCAB_SIZE, StreamDecoder, encode
+from wigglegpt.tokenizer import EOT, VOCAB_SIZE, StreamDecoder, encode, encode_with_special
 SETTINGS = {
     **model_settings("sample"),
     "start": ("", "prompt text, or FILE:path to read it from a UTF-8 file; empty starts a new document"),
@@ -27,6 +28,7 @@ SETTINGS = {
     "max_new_tokens": (256, "tokens generated per sample"),
     **sampling_settings(temperature=0.8, top_k=200, top_p=1.0, repetition_penalty=1.0, seed=1337,
                         seed_meaning="random seed; sample i uses seed + i (negative: a different draw each run)"),
+    **preset_setting("sample"),
     "compile": (False, "torch.compile the model (slow to start, faster per token on GPUs)"),
 }
 SEPARATOR = "-" * 40
@@ -50,9 +52,10 @@ def read_prompt(start):
         raise UserError(f"prompt file {path} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})") from None
 
 
-def prompt_ids(text, block_size, warn):
-    """Token ids of the prompt: <|endoftext|> alone when empty, the last block_size when too long."""
-    ids = encode(text) if text else [EOT]
+def prompt_ids(text, block_size, warn, special=False):
+    """Token ids of the prompt: <|endoftext|> alone when empty, the last block_size when too long.
+    special: '<|endoftext|>' in the text is the special id (as the original sample_bio.py read it)."""
+    ids = (encode_with_special(text) if special else encode(text)) if text else [EOT]
     if len(ids) > block_size:
         warn(f"warning: the prompt has {len(ids)} tokens, more than the model's context of "
              f"{block_size}; keeping the last {block_size}")
@@ -83,24 +86,29 @@ def stream_sample(model, ids, write, echo_prompt=True, **sampling):
 
 def main(argv=None):
     cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
+    device = pick_device(cfg.device)
+    apply_preset(cfg, "sample", device)
+    original = cfg.preset == "original"
     sampling = sampling_options(cfg)
     check_options(cfg.max_new_tokens, **sampling)
     if cfg.num_samples < 1:
         raise UserError(f"num_samples must be at least 1, got {cfg.num_samples}")
     text = read_prompt(cfg.start)
-    device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
     model, _ = load_for_inference(model_source(cfg.ckpt, cfg.init_from), cfg.out_dir, device,
                                   needs_tokenizer="sampling", revision=cfg.revision)
-    ids = prompt_ids(text, model.config.block_size, lambda msg: print(msg, file=sys.stderr))
+    ids = prompt_ids(text, model.config.block_size, lambda msg: print(msg, file=sys.stderr), special=original)
+    # the original drew every sample from one stream seeded once; here sample i uses seed + i
+    stream = torch.Generator(device=device).manual_seed(cfg.seed) if original and cfg.seed >= 0 else None
     if cfg.compile:
         model = torch.compile(model)
     prepare_stdout()
     for i in range(cfg.num_samples):
         if i:
             write_stdout(f"\n{SEPARATOR}\n")
+        seed = cfg.seed + i if cfg.seed >= 0 and stream is None else None
         stream_sample(model, ids, write_stdout, echo_prompt=bool(text), max_new_tokens=cfg.max_new_tokens,
-                      seed=cfg.seed + i if cfg.seed >= 0 else None, autocast=autocast_for(device, dtype), **sampling)
+                      seed=seed, generator=stream, autocast=autocast_for(device, dtype), **sampling)
     write_stdout("\n")  # a reader that left (| head) is run_main's BrokenPipeError: a quiet exit
 
 

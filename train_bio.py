@@ -30,7 +30,7 @@ from wigglegpt.common import StopSignals, UserError, autocast_for, pick_dtype, r
 from wigglegpt.compat import ORIGINAL_ONLY
 from wigglegpt.data import SPLITS, Data, eval_seed, open_data, sampler_seed
 from wigglegpt.distributed import Dist, all_reduce_mean, data_parallel, print0, setup_distributed, shutdown
-from wigglegpt.settings import apply_settings, default_values, load_settings
+from wigglegpt.settings import Settings, apply_settings, default_values, load_settings
 
 # ---------------------------------------------------------------------------------------
 # settings: defaults here, then a config file, then --key=value
@@ -88,6 +88,8 @@ SETTINGS = {
     "optimizer_type": ("adamw", "'adamw' (fused on CUDA), 'adamw8bit' (bitsandbytes, CUDA), 'lion' or 'adafactor' "
                                 "(see wigglegpt/optim.py)"),
     "grad_clip": (1.0, "clip the gradient norm to this; 0.0 turns clipping off"),
+    "freeze_layers": (0, "fine-tune only the top: freeze the token and position embeddings (the tied output layer "
+                         "with them) and blocks 0 .. N-1, as the original's finetune_native.py (0: train everything)"),
     # learning-rate schedule
     "lr_schedule": ("cosine", "'cosine' (warmup + cosine decay), 'wsd' (warmup-stable-decay), 'wsd_cosine' (the "
                               "original's wsd: hold stable_iters, then cosine) or 'constant'"),
@@ -96,7 +98,8 @@ SETTINGS = {
     "lr_decay_iters": (600000, "iteration where the decay reaches min_lr (usually = max_iters)"),
     "wsd_decay_frac": (0.1, "wsd only: share of the post-warmup iterations spent decaying"),
     "stable_iters": (0, "wsd_cosine: iterations held at learning_rate after warmup before the cosine decay; "
-                        "with lr_schedule='wsd', stable_iters > 0 means wsd_cosine (the original's meaning)"),
+                        "lr_schedule='wsd' with stable_iters given means wsd_cosine (the original's meaning; "
+                        "stable_iters=0 is then plain cosine, as there)"),
     "min_lr": (6e-5, "learning rate at the end of the decay (usually learning_rate / 10)"),
     # system
     "device": ("auto", "'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'"),
@@ -134,7 +137,8 @@ def as_settings(settings):
     the command line; returns a fresh SimpleNamespace so the caller's object is never changed."""
     given = dict(settings) if isinstance(settings, dict) else dict(vars(settings))
     values = apply_settings(SETTINGS, default_values(SETTINGS), given, "in the settings", hints=ORIGINAL_ONLY)
-    return types.SimpleNamespace(**values)
+    # which settings were given at all (a dict's keys; what load_settings read from the config and command line)
+    return Settings(values, explicit=getattr(settings, "explicit", given))
 
 
 def check_settings(cfg):
@@ -145,7 +149,7 @@ def check_settings(cfg):
         if getattr(cfg, key) <= 0:
             raise UserError(f"{key} must be positive, got {getattr(cfg, key)}")
     for key in ("max_iters", "warmup_iters", "lr_decay_iters", "learning_rate", "min_lr", "weight_decay", "grad_clip",
-                "hellaswag_interval", "hellaswag_limit", "tokens_per_iter", "peak_flops"):
+                "hellaswag_interval", "hellaswag_limit", "tokens_per_iter", "peak_flops", "freeze_layers"):
         if getattr(cfg, key) < 0:
             raise UserError(f"{key} must not be negative, got {getattr(cfg, key)}")
     aliases = compat.resolved_aliases(cfg)  # checks beta1, beta2 and betas too
@@ -283,6 +287,7 @@ class Run:
     report: metrics.Reporter = None  # metrics.jsonl and wandb, from rank 0
     hellaswag_rows: list = None  # loaded once when hellaswag_interval > 0
     steps_done: int = 0  # by this process: the first compiled one includes the compilation
+    trainable: int = 0  # parameters the optimizer updates (fewer than all with freeze_layers)
 
 
 def build_model(given, device, dist):
@@ -333,7 +338,11 @@ def setup_run(given, dist, device):
     sampler = torch.Generator().manual_seed(sampler_seed(given.seed, dist.rank))
 
     derived = compat.resolved_aliases(given)
-    raw_model, ckpt, arch = build_model(given, device, dist)  # before the data: a checkpoint brings its vocab_size
+    original, notes = compat.original_architecture(given, given.explicit)
+    for note in notes:
+        print0(dist, f"note: {note}")
+    derived.update(original)
+    raw_model, ckpt, arch = build_model(types.SimpleNamespace(**{**vars(given), **derived}), device, dist)
     derived.update(arch)
     saved = (ckpt.get("train_config") or {}, ckpt.get("sampler", {}).get("world_size")) if ckpt else None
     derived.update(gpu.plan_batch(raw_model, given.batch_size, given.gradient_accumulation_steps, given.tokens_per_iter,
@@ -341,6 +350,7 @@ def setup_run(given, dist, device):
     cfg = types.SimpleNamespace(**{**vars(given), **derived})  # the settings the run uses, computed once
 
     data = open_data(cfg.data_root, cfg.dataset, cfg.batch_size, cfg.block_size, cfg.vocab_size, device, dist)
+    trainable = optim.freeze_layers(raw_model, cfg.freeze_layers)[0]  # before the optimizer and DDP see the model
     optimizer = optim.make_optimizer(raw_model, cfg.optimizer_type, cfg.weight_decay, cfg.learning_rate, cfg.betas,
                                      device_type)
     scaler = torch.amp.GradScaler(device_type, enabled=(dtype == "float16"))  # fp16 needs loss scaling, bf16 not
@@ -356,7 +366,7 @@ def setup_run(given, dist, device):
               accum=cfg.gradient_accumulation_steps // dist.world,
               peak_flops=gpu.resolve_peak_flops(cfg.peak_flops, device)[0], compiled=compiled,
               activation=gpu.activation_choice(raw_model.config, device_type),
-              report=metrics.Reporter(cfg.out_dir, dist.master))
+              report=metrics.Reporter(cfg.out_dir, dist.master), trainable=trainable)
     if ckpt is not None:
         restore(run, ckpt)
     if cfg.hellaswag_interval and not cfg.eval_only:  # read now: a bad file fails before any training
@@ -366,6 +376,10 @@ def setup_run(given, dist, device):
 
 def restore(run, ckpt):
     """Resume: optimizer, loss scale, counters and every random stream as they were saved."""
+    frozen = ckpt.get("train_config", {}).get("freeze_layers", 0)
+    if frozen != run.cfg.freeze_layers:  # the optimizer's state covers exactly the parameters that trained
+        raise UserError(f"{run.cfg.out_dir}/ckpt.pt was trained with freeze_layers={frozen}; resume with "
+                        f"--freeze_layers={frozen}, or fine-tune from it with --init_from=<that path>")
     saved = ckpt.get("train_config", {}).get("optimizer_type", "adamw")
     if saved != run.cfg.optimizer_type:  # another optimizer's state cannot be loaded into this one
         raise UserError(f"{run.cfg.out_dir}/ckpt.pt was trained with optimizer_type={saved!r}; resume with "
@@ -389,6 +403,10 @@ def print_figures(run):
         print0(dist, f"note: {gpu.unknown_peak_hint(run.device)}")
     print0(dist, f"model: {run.raw_model.get_num_params():,} parameters ({config.n_layer} layers, {config.n_head} heads, "
                  f"{config.n_embd} wide; {', '.join(kind)})")
+    if cfg.freeze_layers:
+        print0(dist, f"trainable: {run.trainable:,} of {sum(p.numel() for p in run.raw_model.parameters()):,} "
+                     f"parameters (freeze_layers={cfg.freeze_layers}: the embeddings and "
+                     f"{'block 0' if cfg.freeze_layers == 1 else f'blocks 0-{cfg.freeze_layers - 1}'} frozen)")
     print0(dist, f"activation: {run.activation}; {'compiled' if run.compiled else 'eager'}")
     print0(dist, f"tokens per iteration: {run.tokens_per_iter:,} = batch_size {cfg.batch_size:,} x gradient accumulation "
                  f"{cfg.gradient_accumulation_steps:,} x block_size {cfg.block_size:,}")

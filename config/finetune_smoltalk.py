@@ -1,8 +1,14 @@
-# Chat fine-tuning (SFT) of a pretrained WiggleGPT 124M on SmolTalk, for an 8 GB GPU.
-# The data folder holds train_mask.bin / val_mask.bin, so the loss counts only the
-# assistant's replies (train_bio.py turns every other target into -1).
+# Chat fine-tuning (SFT) of a pretrained WiggleGPT 124M on SmolTalk, for an 8 GB GPU: the
+# settings of the published fine-tune (the original's config_finetune_native.py, which its paper's
+# table lists: lr 2e-5 cosine to 2e-6, 200 warmup, 10,000 iterations, batch 1 x 64 x 512 tokens,
+# AdamW betas (0.9, 0.99), weight decay 0.01, fp16, gradient checkpointing, 0 frozen layers).
 #   python prepare_smoltalk.py   # builds data/smoltalk with the masks
 #   python train_bio.py config/finetune_smoltalk.py
+# One difference, on purpose: with the masks prepare_smoltalk.py writes, the loss counts only the
+# assistant's replies (train_bio.py turns every other target into -1). The published run learned
+# every token; to train exactly that: python prepare_smoltalk.py --loss_on=all --out_dir=data/smoltalk_all,
+# then add --dataset=smoltalk_all. (finetune_native.py run without its config froze 8 of the 12
+# blocks: freeze_layers=8 does that here.)
 # From the published pretrained model instead of your own run: download ckpt_pretrain.pt and
 #   python train_bio.py config/finetune_smoltalk.py --init_from=path/to/ckpt_pretrain.pt
 # (the original checkpoint format loads as is, with legacy_rope on). The architecture comes
@@ -13,8 +19,8 @@
 init_from = "out-bio-124m/ckpt.pt"
 out_dir = "out-bio-124m-sft"
 dataset = "smoltalk"
-eval_interval = 500
-eval_iters = 100
+eval_interval = 250  # as the original: a short eval often (20 batches)
+eval_iters = 20
 log_interval = 10
 always_save_checkpoint = True  # ckpt_best.pt keeps the best val loss in any case
 
@@ -22,6 +28,7 @@ block_size = 512
 batch_size = 1
 gradient_accumulation_steps = 64
 gradient_checkpointing = True
+freeze_layers = 0  # full fine-tuning, as published
 dropout = 0.0
 
 max_iters = 10000

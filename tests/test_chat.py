@@ -21,6 +21,7 @@ from wigglegpt.checkpoint import checkpoint_dict, save_checkpoint
 from conftest import ROOT, ScriptedModel, tiny_config
 from model_bio import GPT
 from wigglegpt.common import UserError
+from wigglegpt.settings import load_settings
 from wigglegpt.tokenizer import EOT, encode, render_prompt
 
 
@@ -73,20 +74,22 @@ def test_default_reply_length_fits_the_context():
 
 
 def test_preset_original_and_explicit_settings_win():
-    cfg = types.SimpleNamespace(preset="original", temperature=0.8, top_k=5, top_p=0.9, repetition_penalty=1.1,
-                                repetition_window=0)
-    engine.apply_preset(cfg, ["--preset=original", "--top_k=5"])
-    assert (cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, cfg.repetition_window) == \
-        (0.7, 5, 1.0, 1.15, 100)
+    cfg = load_settings(chat_bio.SETTINGS, ["--preset=original", "--top_k=5"], allow_config_file=False)
+    engine.apply_preset(cfg, "chat", "cpu")
+    assert (cfg.temperature, cfg.top_k, cfg.top_p, cfg.repetition_penalty, cfg.repetition_window,
+            cfg.penalty_style, cfg.dtype) == (0.7, 5, 1.0, 1.15, 100, "divide", "auto")
+    assert reply_budget(None, 1024, original=True) == 512 and reply_budget(None, 128, original=True) == 64
+    assert engine.apply_preset(load_settings(chat_bio.SETTINGS, ["--preset=original"], allow_config_file=False),
+                               "chat", "cuda").dtype == "float16"  # fp16 autocast on CUDA only, as the original
     with pytest.raises(UserError, match="unknown preset"):
-        engine.apply_preset(types.SimpleNamespace(preset="gpt4"), [])
+        engine.apply_preset(types.SimpleNamespace(preset="gpt4"), "chat")
 
 
 def test_repetition_window_limits_what_is_penalised(monkeypatch):
     seen = []
     real = engine.apply_repetition_penalty
     monkeypatch.setattr(engine, "apply_repetition_penalty",
-                        lambda logits, ids, penalty: seen.append(list(ids)) or real(logits, ids, penalty))
+                        lambda logits, ids, penalty, style: seen.append(list(ids)) or real(logits, ids, penalty, style))
     prompt = list(range(1, 21))
     list(engine.generate(ScriptedModel(20, [7, 8, 9]), prompt, 3, temperature=0, repetition_penalty=1.5,
                              repetition_window=4))

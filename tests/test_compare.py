@@ -7,7 +7,11 @@ and --run trains two tiny configs through train_bio.py and compares them. Multi-
 comparisons: the Student t quantile against published table values, mean and sample std, the
 paired differences and their confidence interval against a direct computation, seed folders
 read back as one config (with val_bpb and HellaSwag records), the band plot, --seeds=0 as one
-clear error, and --run --seeds=2 training every config with seeds seed and seed+1."""
+clear error, and --run --seeds=2 training every config with seeds seed and seed+1. The original's
+loss chart (--chart): its three panels (linear with the best and final val loss, log scale, the
+final region) and the reference line from metrics.jsonl and from a console log in the original's
+format, through the real command line; an unreadable log, a log without loss lines and bad
+--zoom/--reference_loss values as one error line (exit 2, no traceback)."""
 
 import json
 import math
@@ -324,3 +328,81 @@ def test_run_with_two_seeds(tmp_path):
     diffs = [finals["tiny_gelu", s] - finals["tiny_bio", s] for s in (40, 41)]
     assert f"tiny_gelu val loss: mean {statistics.mean(diffs):+.4f}, 95% CI [" in r.stdout
     assert (out_root / "compare.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------------------------------
+# --chart: the original's loss chart
+
+CONSOLE_LOG = """\
+tokens per iteration will be: 491,520
+step 0: train loss 10.9410, val loss 10.9413
+iter 0: loss 10.9432, time 21034.12ms, mfu -100.00%
+saving checkpoint to out-wigglegpt-pure-124m
+step 8000: train loss 1.5143, val loss 1.3184
+iter 8001: loss 1.6, time 400.00ms, lr 2.00e-05
+step 9000: train loss 1.5394, val loss 1.5115, sparsity 13.30%
+> step 10,000: train loss 1.6527, val loss 1.5888
+"""
+
+
+def compare_command(*args, cwd=None):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "compare_bio.py"), *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT)
+
+
+def test_chart_from_a_console_log_through_the_command_line(tmp_path):
+    log = tmp_path / "finetune_log.md"
+    log.write_text(CONSOLE_LOG, encoding="utf-8")
+    chart = tmp_path / "charts" / "finetune_loss_chart.png"
+    r = compare_command(str(log), f"--chart={chart}", "--zoom=0.25", "--reference_loss=1.4")
+    assert r.returncode == 0, r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.startswith("finetune_log"))
+    assert row.split() == ["finetune_log", "4", "10,000", "1.5888", "1.3184", "8,000"]
+    data = chart.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    assert f"wrote {chart}" in r.stdout and not (tmp_path / "out-compare").exists()  # no comparison plot
+
+
+def test_chart_layout_from_metrics_and_a_log(runs, tmp_path):
+    import matplotlib.pyplot as plt
+
+    log = tmp_path / "console.txt"
+    log.write_text(CONSOLE_LOG, encoding="utf-8")
+    curves = [("run-b", compare_bio.eval_curve(runs[1])), ("console", compare_bio.eval_curve(str(log)))]
+    assert curves[0][1] == [(0, pytest.approx(4.0), 4.1), (5, pytest.approx(3.4), 3.5), (10, pytest.approx(2.8), 2.9)]
+    assert curves[1][1][-1] == (10_000, 1.6527, 1.5888)
+    fig = compare_bio.figure_loss_chart(curves, reference=3.12, zoom=0.1)
+    try:
+        linear, logscale, final = fig.axes
+        assert len(fig.axes) == 3 and {ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes} == {(1, 3)}
+        assert (linear.get_yscale(), logscale.get_yscale(), final.get_yscale()) == ("linear", "log", "linear")
+        for ax in fig.axes:  # the reference line on every panel
+            assert any(list(line.get_ydata()) == [3.12, 3.12] for line in ax.get_lines())
+        assert final.get_xlim()[0] == pytest.approx(9_000)  # the last 10% of steps 0..10,000
+        low, high = final.get_ylim()
+        assert low < 1.5115 and high > 3.12  # the final region's losses and the reference line
+        labels = linear.get_legend_handles_labels()[1]
+        assert "run-b: val loss (best 2.9000 at step 10, final 2.9000)" in labels
+        assert "console: val loss (best 1.3184 at step 8,000, final 1.5888)" in labels
+        assert "final region: the last 10% of the iterations" in final.get_title()
+    finally:
+        plt.close(fig)
+
+
+def test_chart_bad_inputs_are_one_error_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "noise.log").write_text("iter 0: loss 10.9, time 1.0ms, mfu 1.00%\nsaving checkpoint to out\n")
+    (tmp_path / "good.log").write_text(CONSOLE_LOG)
+    cases = [(["afile/trainlog.txt", "--chart=c.png"], "cannot read the log afile/trainlog.txt: Not a directory"),
+             (["missing.txt", "--chart=c.png"], "log not found: missing.txt"),
+             (["noise.log", "--chart=c.png"], "noise.log has no eval lines"),
+             (["good.log", "--chart=c.png", "--zoom=0"], "zoom is the final share"),
+             (["good.log", "--chart=c.png", "--reference_loss=-1"], "reference_loss must be 0"),
+             (["good.log", "--chart=afile/c.png"], "afile is a file, not a folder; choose another --chart"),
+             (["good.log", "--chart=c.png", "--run"], "drop --run and --plot")]
+    for args, phrase in cases:
+        r = compare_command(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert r.stderr.startswith("error: ") and phrase in r.stderr, (args, r.stderr)
+    assert sorted(os.listdir(tmp_path)) == ["afile", "good.log", "noise.log"]  # nothing written

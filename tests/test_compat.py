@@ -128,6 +128,39 @@ dtype = 'float16'
 compile = False
 gradient_checkpointing = True
 """
+# ... of WiggleGPT-V2-OLD/config_gpt2_bio_3070.py (v2 fixed LayerNorm, learned positions and the
+# event-layer gate, so its config names none of them) and of WiggleGPT-V1-OLD's (bio_compartments)
+ORIGINAL_V2 = """
+out_dir = 'out-gpt2-bio'
+eval_interval = 2000
+log_interval = 10
+eval_iters = 50
+wandb_log = False
+wandb_project = 'owt'
+wandb_run_name = 'gpt2-bio-3070'
+dataset = 'openwebtext'
+batch_size = 2
+block_size = 1024
+gradient_accumulation_steps = 16
+n_layer = 4
+n_head = 6
+n_embd = 384
+dropout = 0.0
+bias = False
+use_bio_mlp = True
+bio_threshold = 0.25
+max_iters = 200000
+lr_decay_iters = 200000
+learning_rate = 6e-4
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0
+device = 'cuda'
+dtype = 'float16'
+compile = False
+"""
+ORIGINAL_V1 = ORIGINAL_V2.replace("bio_threshold = 0.25", "bio_compartments = 2\nbio_threshold = 0.25")
 # a tiny, quick run of those configs on the CPU: only the size and the device are overridden
 TINY = ["--device=cpu", "--compile=False", "--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=32",
         "--batch_size=2", "--gradient_accumulation_steps=1", "--max_iters=3", "--eval_interval=3",
@@ -197,8 +230,8 @@ def test_settings_of_the_original_scripts_say_what_to_use(demo_data):
     assert_one_line_error(run_train(["ft.py"], cwd=demo_data), "pretrained_ckpt", "init_from")
     with pytest.raises(UserError, match="prepare_smoltalk.py"):
         load_settings(train_bio.SETTINGS, ["--dataset_name=x"], hints=train_bio.ORIGINAL_ONLY)
-    with pytest.raises(UserError, match="freezing layers"):
-        train_bio.as_settings({"freeze_layers": 8})
+    with pytest.raises(UserError, match="config/bio_45m_sparse_3070.py"):  # WiggleGPT v1's dendrites
+        train_bio.as_settings({"bio_compartments": 2})
 
 
 def test_compile_mode_reaches_torch_compile(monkeypatch, tmp_path):
@@ -220,3 +253,88 @@ def test_compile_mode_reaches_torch_compile(monkeypatch, tmp_path):
                          gradient_accumulation_steps=1, max_iters=1, eval_interval=1, eval_iters=1,
                          warmup_iters=0, lr_decay_iters=1, compile=True, compile_mode="max-autotune"))
     assert seen["mode"] == "max-autotune"
+
+
+def config_keys(text):
+    namespace = {}
+    exec(text, namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith("__")}
+
+
+@pytest.mark.parametrize("text, parameters, kinds", [
+    (ORIGINAL_V2, 45_309_312, "oscillating MLP, LayerNorm, learned positions, event_layer sparse gate"),
+    (ORIGINAL_OPTIMIZED, 45_309_312, "oscillating MLP, RMSNorm, learned positions, event_layer sparse gate"),
+    (ORIGINAL_3070, 123_697_920, "oscillating MLP, RMSNorm, RoPE)")], ids=["v2", "optimized", "v3"])
+def test_an_original_config_builds_the_original_model(text, parameters, kinds, demo_data, capsys):
+    """Each of the original's configs, at its own size: the parameter count its model had there
+    (v2 and optimizations/ counted without the position table, as the original counted)."""
+    given = {**config_keys(text), "data_root": str(demo_data / "data"), "dataset": "shakespeare", "device": "cpu",
+             "dtype": "float32", "compile": False, "eval_only": True, "eval_iters": 1, "batch_size": 1,
+             "block_size": 64, "out_dir": str(demo_data / "never-written")}
+    train_bio.train(given)
+    out = capsys.readouterr().out
+    assert f"model: {parameters:,} parameters" in out and kinds in out, out
+    if text is ORIGINAL_3070:  # its RoPE encoded no positions: said, not silently changed
+        assert "add legacy_rope=True to train exactly what it trained" in out
+    else:
+        assert "config/bio_45m_sparse_3070.py" in out
+    assert not os.path.exists(demo_data / "never-written")
+
+
+def test_v1_config_is_refused_pointing_at_the_v2_config(demo_data):
+    (demo_data / "v1.py").write_text(ORIGINAL_V1)
+    assert_one_line_error(run_train(["v1.py", *TINY], cwd=demo_data), "bio_compartments",
+                          "config/bio_45m_sparse_3070.py")
+
+
+def test_this_projects_gate_settings_and_fine_tuning_are_left_as_given():
+    for given in (dict(bio_threshold=0.3, use_sparse_gate=False), dict(bio_threshold=0.3, use_bio_mlp=False),
+                  dict(bio_threshold=0.3, init_from="resume"), dict(use_rmsnorm=False)):
+        s = train_bio.as_settings(given)
+        assert compat.original_architecture(s, s.explicit)[0] == {}, given
+
+
+def test_wsd_with_stable_iters_zero_is_the_originals_cosine():
+    original = settings(lr_schedule="wsd", stable_iters=0, warmup_iters=10, lr_decay_iters=110, learning_rate=1.0,
+                        min_lr=0.0)
+    cosine = settings(lr_schedule="cosine", warmup_iters=10, lr_decay_iters=110, learning_rate=1.0, min_lr=0.0)
+    assert original.lr_schedule == "wsd_cosine"
+    assert [train_bio.learning_rate_at(i, original) for i in range(120)] == \
+        [train_bio.learning_rate_at(i, cosine) for i in range(120)]
+    # the original's formula, in its own terms: warmup (it+1)/(warmup+1), then cosine over the rest
+    assert math.isclose(train_bio.learning_rate_at(60, original), 0.5 * (1 + math.cos(math.pi * 50 / 100)))
+
+
+def test_export_in_the_original_format_loads_as_an_original_checkpoint(tmp_path):
+    from model_bio import GPT
+    from wigglegpt.checkpoint import load_model
+    from conftest import tiny_config
+    torch.manual_seed(0)
+    model = GPT(tiny_config(use_rope=True, legacy_rope=True, use_rmsnorm=True, vocab_size=64)).eval()
+    ckpt = compat.original_checkpoint(model, {"iter_num": 7, "best_val_loss": 2.5, "train_config": {"dataset": "x"}})
+    # what the original's v3 GPTConfig(**model_args) accepts, and nothing of this project's
+    assert set(ckpt["model_args"]) == {"block_size", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "bias",
+                                       "use_bio_mlp", "use_rmsnorm", "use_rope", "gradient_checkpointing"}
+    assert set(ckpt["model"]) == set(model.state_dict()) and ckpt["iter_num"] == 7 and ckpt["config"]["dataset"] == "x"
+    out = tmp_path / "for-original"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "export_bio.py"), f"--ckpt={write_ckpt(model, tmp_path)}",
+                        f"--out={out}", "--format=original"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    saved = torch.load(out / "ckpt.pt", map_location="cpu", weights_only=True)  # the original's sample_bio loads so
+    assert "format" not in saved and set(saved["model_args"]) == set(ckpt["model_args"])
+    loaded, _ = load_model(str(out / "ckpt.pt"))  # read back as an original checkpoint
+    assert loaded.config.legacy_rope
+    x = torch.randint(0, 64, (2, 16))
+    assert torch.equal(loaded.eval()(x)[0], model(x)[0])
+    for bad, phrase in ((dict(use_rope=True), "RoPE encodes positions"), (dict(use_sparse_gate=True), "sparse gate"),
+                        (dict(use_bio_mlp=False, use_rope=False, gelu_approximate="tanh"), "exact GELU")):
+        with pytest.raises(UserError, match=phrase):
+            compat.original_checkpoint(GPT(tiny_config(vocab_size=64, **bad)))
+
+
+def write_ckpt(model, folder):
+    from wigglegpt.checkpoint import checkpoint_dict, save_checkpoint
+    path = folder / "mine.pt"
+    save_checkpoint(checkpoint_dict(model), str(path))
+    return path

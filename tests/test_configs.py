@@ -78,6 +78,8 @@ def test_special_purpose_configs():
     assert (sft["learning_rate"], sft["min_lr"], sft["warmup_iters"], sft["max_iters"]) == (2e-5, 2e-6, 200, 10000)
     assert (sft["batch_size"], sft["gradient_accumulation_steps"], sft["block_size"]) == (1, 64, 512)
     assert sft["dtype"] == "float16" and sft["gradient_checkpointing"] and sft["betas"] == (0.9, 0.99)
+    # the published fine-tune (the original's config_finetune_native.py and its paper's table)
+    assert (sft["freeze_layers"], sft["eval_interval"], sft["eval_iters"], sft["weight_decay"]) == (0, 250, 20, 0.01)
     demo = settings_of("shakespeare_bio.py")
     assert demo["dataset"] == "shakespeare" and demo["max_iters"] // demo["eval_interval"] >= 3
 

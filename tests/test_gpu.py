@@ -468,4 +468,6 @@ def test_training_figures_report_both_mlps_and_their_ratio_on_the_cpu():
     wiggle = float(rows["124M Wiggle eager training tokens/s (GPU)"][1].replace(",", ""))
     gelu = float(rows["124M GELU eager training tokens/s (GPU)"][1].replace(",", ""))
     ratio = rows["124M tokens/s Wiggle / GELU, eager (GPU)"][1]
-    assert ratio.endswith("x") and abs(float(ratio[:-1]) - wiggle / gelu) <= 0.006  # both printed rounded
+    # the ratio is printed to 0.01 from the exact rates; the rates are printed as whole tokens/s
+    rounding = 0.005 + (wiggle / gelu) * (0.5 / wiggle + 0.5 / gelu) * 1.01
+    assert ratio.endswith("x") and abs(float(ratio[:-1]) - wiggle / gelu) <= rounding

@@ -80,3 +80,49 @@ def test_lion_run_resumes_and_refuses_another_optimizer(demo_data, capsys):
     assert train_bio.train({**run, "init_from": "resume", "max_iters": 3})["iter"] == 3
     with pytest.raises(UserError, match="optimizer_type='lion'"):
         train_bio.train({**run, "init_from": "resume", "max_iters": 4, "optimizer_type": "adamw"})
+
+
+def test_freeze_layers_freezes_the_embeddings_and_the_first_blocks():
+    for use_rope in (True, False):
+        model = GPT(tiny_config(n_layer=3, use_rope=use_rope))
+        trainable, total = optim.freeze_layers(model, 2)
+        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+        expected = {name for name, _ in model.named_parameters()
+                    if name.startswith(("transformer.wte.", "transformer.wpe.", "transformer.h.0.", "transformer.h.1."))}
+        assert frozen == expected and not model.lm_head.weight.requires_grad  # tied to wte
+        assert trainable == sum(p.numel() for n, p in model.named_parameters() if n not in expected) and \
+            total == sum(p.numel() for p in model.parameters())
+        groups = model.parameter_groups(0.1)
+        assert sum(len(g["params"]) for g in groups) == len([p for p in model.parameters() if p.requires_grad])
+    assert optim.freeze_layers(GPT(tiny_config()), 0)[0] == sum(p.numel() for p in GPT(tiny_config()).parameters())
+    with pytest.raises(UserError, match="freeze_layers=3, but the model has 2 blocks"):
+        optim.freeze_layers(GPT(tiny_config()), 3)
+
+
+def test_fine_tuning_with_frozen_layers_trains_only_the_rest_and_resumes_exactly(tmp_path, capsys):
+    from test_train import load, tiny
+    base = tiny(tmp_path, n_layer=3, max_iters=2, eval_interval=2, out_dir=str(tmp_path / "base"))
+    train_bio.train(base)
+    source = load(tmp_path / "base" / "ckpt.pt")
+    ft = {**base, "init_from": str(tmp_path / "base" / "ckpt.pt"), "freeze_layers": 2, "max_iters": 4,
+          "eval_interval": 2, "out_dir": str(tmp_path / "whole")}
+    train_bio.train(ft)
+    assert "trainable: " in capsys.readouterr().out
+    whole = load(tmp_path / "whole" / "ckpt.pt")
+    for name, value in whole["model"].items():
+        same = torch.equal(value, source["model"][name])
+        frozen = name.startswith(("transformer.wte.", "lm_head.", "transformer.h.0.", "transformer.h.1."))
+        assert same == frozen or (same and name.endswith("baseline")), name  # frozen: exactly the source
+    state = whole["optimizer"]["state"]  # AdamW's moments for the trainable parameters only
+    model = GPT(tiny_config(n_layer=3, n_embd=32, n_head=2, block_size=16, vocab_size=64))
+    optim.freeze_layers(model, 2)
+    assert len(state) == len([p for p in model.parameters() if p.requires_grad])
+    assert whole["train_config"]["freeze_layers"] == 2
+    # stopped after 2 iterations and resumed: the same weights as the run that went through
+    train_bio.train({**ft, "max_iters": 2, "out_dir": str(tmp_path / "halves")})
+    train_bio.train({**ft, "init_from": "resume", "out_dir": str(tmp_path / "halves")})
+    halves = load(tmp_path / "halves" / "ckpt.pt")
+    assert all(torch.equal(whole["model"][k], halves["model"][k]) for k in whole["model"])
+    with pytest.raises(UserError, match="trained with freeze_layers=2; resume with --freeze_layers=2"):
+        train_bio.train({**ft, "init_from": "resume", "freeze_layers": 0, "max_iters": 6,
+                         "out_dir": str(tmp_path / "halves")})

@@ -147,7 +147,8 @@ def test_info_reports_the_model_and_the_terminal_defaults(model):
     info = TestClient(web.create_app(chat, "out/ckpt.pt")).get("/api/info").json()
     assert info["status"] == "ok" and info["model"] == "out/ckpt.pt" and info["busy"] == 0
     assert info["parameters"] == model.get_num_params() and info["context"] == BLOCK
-    assert info["defaults"] == {"system": "", "max_new_tokens": 64, "seed": None, "repetition_window": 0, **defaults}
+    assert info["defaults"] == {"system": "", "max_new_tokens": 64, "seed": None, "repetition_window": 0,
+                                "penalty_style": "ctrl", **defaults}
 
 
 def test_page_is_self_contained_and_never_renders_model_text_as_html(client):

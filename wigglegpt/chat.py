@@ -4,14 +4,18 @@ turns first, the system prompt kept), the stop strings, and the KV cache carried
 chat_bio.py (terminal) and wigglegpt/web.py (browser) both talk through a Chat.
 """
 
+import torch
+
 from wigglegpt.common import UserError
 from wigglegpt.engine import TokenCache, generate, stream_text
-from wigglegpt.tokenizer import ASSISTANT_END, ASSISTANT_START, EOT, USER_START, VOCAB_SIZE, encode, render_prompt
+from wigglegpt.tokenizer import (ASSISTANT_END, ASSISTANT_START, EOT, EOT_TEXT, USER_START, VOCAB_SIZE, encode,
+                                 encode_with_special, prompt_text, render_prompt)
 
 # the template puts a newline before the closing tag; stopping at it keeps it out of the reply.
 # A reply that runs on into a user turn of its own ends there too.
 STOP_STRINGS = ("\n" + ASSISTANT_END, ASSISTANT_END, "\n" + USER_START, USER_START)
 DEFAULT_MAX_NEW_TOKENS = 256
+SPACE = 220  # ' ', what the original chat.py padded short prompts with
 
 
 class MessageTooLong(UserError):
@@ -40,10 +44,25 @@ def fit_history(system, messages, budget):
             kept.pop(0)
 
 
-class Chat:
-    """One conversation: the system prompt, the turns so far, and the KV cache across turns."""
+def original_prompt(system, messages, budget, n_head):
+    """The prompt as the original WiggleGPT chat.py built it: the whole history as text, a typed
+    '<|endoftext|>' the special token, padded at the front with ' ' to n_head tokens (its guard for
+    RoPE), and its oldest tokens cut to fit budget, mid-turn too."""
+    head = [{"role": "system", "content": system}] if system.strip() else []
+    ids = encode_with_special(prompt_text(head + messages, keep_empty=True))
+    ids = [SPACE] * (n_head - len(ids)) + ids
+    return ids[-budget:]
 
-    def __init__(self, model, system="", max_new_tokens=256, seed=None, autocast=None, **sampling):
+
+class Chat:
+    """One conversation: the system prompt, the turns so far, and the KV cache across turns.
+
+    original=True answers as the original WiggleGPT chat.py did (--preset=original): its prompt
+    (original_prompt: the history kept whole and cut by tokens, not by turns), '<|endoftext|>' in
+    a reply's text ends it too, an empty reply stays a turn, and one random stream, seeded once,
+    runs through all turns (here turn i draws with seed + i)."""
+
+    def __init__(self, model, system="", max_new_tokens=256, seed=None, autocast=None, original=False, **sampling):
         block_size = model.config.block_size
         if max_new_tokens >= block_size:
             raise UserError(f"max_new_tokens={max_new_tokens} leaves no room for the prompt in the "
@@ -53,6 +72,10 @@ class Chat:
         self.max_new_tokens, self.seed, self.autocast, self.sampling = max_new_tokens, seed, autocast, sampling
         self.cache = TokenCache(model)
         self.turns = 0
+        self.original = original
+        self.generator = None
+        if original and seed is not None:
+            self.generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
 
     def clear(self):
         self.history = []  # the cache stays: the system prompt at its start is still good
@@ -63,21 +86,28 @@ class Chat:
         Raises MessageTooLong (history untouched) when text cannot fit. Ctrl-C ends the
         reply early; what was written so far stays in the history.
         """
-        kept, ids = fit_history(self.system, self.history + [{"role": "user", "content": text}], self.budget)
-        self.history = kept
+        messages = self.history + [{"role": "user", "content": text}]
+        if self.original:
+            ids, stops = original_prompt(self.system, messages, self.budget, self.model.config.n_head), \
+                STOP_STRINGS + (EOT_TEXT,)
+            self.history = messages
+        else:
+            (self.history, ids), stops = fit_history(self.system, messages, self.budget), STOP_STRINGS
         seed = None if self.seed is None else self.seed + self.turns
         self.turns += 1
-        tokens = generate(self.model, ids, self.max_new_tokens, stop_tokens=(EOT,), seed=seed,
+        tokens = generate(self.model, ids, self.max_new_tokens, stop_tokens=(EOT,), seed=seed, generator=self.generator,
                           vocab_size=VOCAB_SIZE, cache=self.cache, autocast=self.autocast, **self.sampling)
         pieces = []
         try:
-            for piece in stream_text(tokens, STOP_STRINGS):
+            for piece in stream_text(tokens, stops):
                 write(piece)
                 pieces.append(piece)
         except KeyboardInterrupt:
             pass  # the cache notices an interrupted forward by itself (TokenCache.reusable)
         reply = "".join(pieces)
-        if reply.strip():  # the template has no empty turns
+        if self.original:  # its history kept every reply, stripped, an empty one too
+            self.history.append({"role": "assistant", "content": reply.strip()})
+        elif reply.strip():  # the template has no empty turns
             # kept stripped, as the original chat.py kept it: later prompts are that one's, id for id
             self.history.append({"role": "assistant", "content": reply.strip()})
         return reply
@@ -110,6 +140,11 @@ def fit_conversation(system, messages, budget):
     return fit_history(system, messages[start:], budget)
 
 
-def reply_budget(max_new_tokens, block_size):
-    """max_new_tokens as given, or (None) the default that still leaves the prompt half the context."""
-    return max_new_tokens if max_new_tokens is not None else min(DEFAULT_MAX_NEW_TOKENS, block_size // 2)
+ORIGINAL_MAX_NEW_TOKENS = 512  # the original chat.py's reply length
+
+
+def reply_budget(max_new_tokens, block_size, original=False):
+    """max_new_tokens as given, or (None) the default (256; the original chat.py's 512 with
+    original) that still leaves the prompt half the context."""
+    default = ORIGINAL_MAX_NEW_TOKENS if original else DEFAULT_MAX_NEW_TOKENS
+    return max_new_tokens if max_new_tokens is not None else min(default, block_size // 2)

@@ -24,7 +24,8 @@ from wigglegpt.tokenizer import StreamDecoder
 
 # the sampling options, one dict from the settings through to generate (sample, chat and the web
 # chat pass it on as it is): a new option is added here, in check_options, sampling_settings and generate
-SAMPLING = ("temperature", "top_k", "top_p", "repetition_penalty", "repetition_window")
+SAMPLING = ("temperature", "top_k", "top_p", "repetition_penalty", "repetition_window", "penalty_style")
+PENALTY_STYLES = ("ctrl", "divide")
 
 
 def sampling_options(cfg):
@@ -33,7 +34,7 @@ def sampling_options(cfg):
 
 
 def check_options(max_new_tokens=0, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
-                  repetition_window=0):
+                  repetition_window=0, penalty_style="ctrl"):
     """Raise a UserError naming the first sampling option that makes no sense."""
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise UserError(f"max_new_tokens must be a whole number >= 0, got {max_new_tokens!r}")
@@ -50,6 +51,9 @@ def check_options(max_new_tokens=0, temperature=1.0, top_k=None, top_p=None, rep
     if not isinstance(repetition_window, int) or isinstance(repetition_window, bool) or repetition_window < 0:
         raise UserError(f"repetition_window must be a whole number >= 0 (0 = the whole context), "
                         f"got {repetition_window!r}")
+    if penalty_style not in PENALTY_STYLES:
+        raise UserError(f"penalty_style must be 'ctrl' (seen tokens always less likely) or 'divide' (the original "
+                        f"WiggleGPT's), got {penalty_style!r}")
 
 
 def sampling_settings(temperature, top_k, top_p, repetition_penalty, seed, seed_meaning, repetition_window=0):
@@ -63,51 +67,67 @@ def sampling_settings(temperature, top_k, top_p, repetition_penalty, seed, seed_
         "repetition_penalty": (repetition_penalty, "above 1 makes tokens already in the context less likely (1 = off)"),
         "repetition_window": (repetition_window, "the penalty looks at the last this many tokens of the context "
                                                  "(0 = all of it)"),
+        "penalty_style": ("ctrl", "'ctrl': positive logits of seen tokens divided by the penalty, negative ones "
+                                  "multiplied (always less likely); 'divide': every seen token's logit divided, the "
+                                  "original WiggleGPT's (which makes seen tokens with negative logits more likely)"),
         "seed": (seed, seed_meaning),
         "device": ("auto", "auto, cpu, cuda, cuda:N or mps"),
         "dtype": ("auto", "auto, float32, bfloat16 or float16 (torch.autocast, also on the CPU)"),
     }
 
 
-# The original WiggleGPT chat.py's sampling: temperature 0.7, top-k 50, no nucleus, repetition
-# penalty 1.15 over the last 100 tokens of the context. (The original divided every seen
-# token's logit by the penalty, which made seen tokens with negative logits more likely; here
-# the penalty always makes them less likely, see apply_repetition_penalty.)
-PRESETS = {"original": dict(temperature=0.7, top_k=50, top_p=1.0, repetition_penalty=1.15, repetition_window=100)}
+# --preset=original: the original WiggleGPT scripts' sampling, as sample_bio.py and chat_bio.py
+# reproduce them token for token under the same seed (README.md, "Sample and chat"):
+# - its chat.py: temperature 0.7, top-k 50, no nucleus, the penalty 1.15 dividing every logit of
+#   the last 100 tokens, fp16 autocast on CUDA; its replies of up to 512 tokens and its prompt
+#   rules are wigglegpt.chat's (reply_budget, Chat's original=True);
+# - its sample_bio.py: temperature 0.5, top-k 200, the penalty 1.2 dividing every logit of the
+#   whole context, 10 samples of 500 tokens, seed 1337, one random stream through all samples.
+PRESETS = {
+    "chat": {"original": dict(temperature=0.7, top_k=50, top_p=1.0, repetition_penalty=1.15, repetition_window=100,
+                              penalty_style="divide", dtype="float16")},
+    "sample": {"original": dict(temperature=0.5, top_k=200, top_p=1.0, repetition_penalty=1.2, repetition_window=0,
+                                penalty_style="divide", num_samples=10, max_new_tokens=500, seed=1337)},
+}
+CUDA_ONLY = ("dtype",)  # the original ran autocast on CUDA only: elsewhere the preset leaves dtype alone
 
 
-def apply_preset(cfg, argv=None):
-    """Set cfg.preset's sampling values, except those given explicitly as --key=value in argv
-    (sys.argv[1:] when None): defaults < preset < command line."""
+def apply_preset(cfg, script, device="cpu"):
+    """Set the values of cfg.preset (one of PRESETS[script]) except for the settings given
+    explicitly (cfg.explicit, from wigglegpt.settings.load_settings): defaults < preset < given."""
     if not cfg.preset:
         return cfg
-    if cfg.preset not in PRESETS:
-        raise UserError(f"unknown preset {cfg.preset!r}; use one of {', '.join(PRESETS)} (or leave it empty)")
-    argv = sys.argv[1:] if argv is None else argv
-    given = {arg[2:].partition("=")[0] for arg in argv if arg.startswith("--")}
-    for key, value in PRESETS[cfg.preset].items():
-        if key not in given:
+    if cfg.preset not in PRESETS[script]:
+        raise UserError(f"unknown preset {cfg.preset!r}; use one of {', '.join(PRESETS[script])} (or leave it empty)")
+    given = getattr(cfg, "explicit", ())
+    for key, value in PRESETS[script][cfg.preset].items():
+        if key not in given and (key not in CUDA_ONLY or device.startswith("cuda")):
             setattr(cfg, key, value)
     return cfg
 
 
-def preset_setting():
-    return {"preset": ("", f"sampling preset ({', '.join(PRESETS)}: the original WiggleGPT chat.py's temperature 0.7, "
-                           "top_k 50, repetition_penalty 1.15 over the last 100 tokens); explicit settings win")}
+def preset_setting(script):
+    what = {"chat": "the original WiggleGPT chat.py: temperature 0.7, top_k 50, the original's penalty 1.15 over the "
+                    "last 100 tokens, 512-token replies, its prompt trimming and seeding",
+            "sample": "the original WiggleGPT sample_bio.py: temperature 0.5, top_k 200, the original's penalty 1.2 "
+                      "over the whole context, 10 samples of 500 tokens, seed 1337 as one stream"}[script]
+    return {"preset": ("", f"sampling preset (original: {what}); explicit settings win")}
 
 
-def apply_repetition_penalty(logits, context_ids, penalty):
+def apply_repetition_penalty(logits, context_ids, penalty, style="ctrl"):
     """Make tokens already in the context less likely (Keskar et al. 2019, "CTRL").
 
-    Positive logits are divided by the penalty and negative ones multiplied, so both move
-    down for penalty > 1. logits: (..., V); ids outside the V columns are ignored.
+    style 'ctrl': positive logits are divided by the penalty and negative ones multiplied, so
+    both move down for penalty > 1. style 'divide': every seen token's logit is divided, as the
+    original WiggleGPT did, which moves negative logits up (toward more likely).
+    logits: (..., V); ids outside the V columns are ignored.
     """
     if penalty == 1.0 or not context_ids:
         return logits
     vocab = logits.size(-1)
     ids = torch.tensor(sorted({i for i in context_ids if 0 <= i < vocab}), dtype=torch.long, device=logits.device)
     picked = logits.index_select(-1, ids)
-    picked = torch.where(picked > 0, picked / penalty, picked * penalty)
+    picked = picked / penalty if style == "divide" else torch.where(picked > 0, picked / penalty, picked * penalty)
     return logits.index_copy(-1, ids, picked)
 
 
@@ -189,7 +209,7 @@ class TokenCache:
 
 def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
              repetition_penalty=1.0, stop_tokens=(), seed=None, vocab_size=None,
-             cache=None, use_cache=True, autocast=None, repetition_window=0):
+             cache=None, use_cache=True, autocast=None, repetition_window=0, penalty_style="ctrl", generator=None):
     """Yield up to max_new_tokens new token ids (ints) as they are sampled.
 
     prompt_ids: at least one id; only the last block_size are seen. stop_tokens end the
@@ -199,16 +219,19 @@ def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top
     a fresh one). use_cache=False recomputes the whole context every step (the reference).
     autocast: a context manager entered around each forward (mixed precision).
     repetition_window: the penalty sees only the last this many tokens (0: the whole context).
+    penalty_style: 'ctrl' or 'divide' (apply_repetition_penalty). generator: a torch.Generator to
+    draw from instead of one seeded with seed (a stream that goes on across calls).
     The model should be in eval mode; nothing here changes it.
     """
-    check_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, repetition_window)
+    check_options(max_new_tokens, temperature, top_k, top_p, repetition_penalty, repetition_window, penalty_style)
     context = [int(i) for i in prompt_ids]
     if not context:
         raise ValueError("generate needs at least one prompt token (e.g. <|endoftext|>)")
     block_size = unwrap(model).config.block_size
     device = _device(model)
     autocast = autocast if autocast is not None else nullcontext()
-    generator = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
     stop = set(stop_tokens)
     if use_cache and cache is None:
         cache = TokenCache(model)
@@ -222,10 +245,12 @@ def generate(model, prompt_ids, max_new_tokens, temperature=1.0, top_k=None, top
             with torch.no_grad(), autocast:
                 logits = model(x)[0][:, -1, :]
         logits = logits.float()  # bf16 logits under autocast would make the penalty and softmax coarse
-        if vocab_size is not None:
-            logits = logits[:, :vocab_size]
+        if vocab_size is not None and vocab_size < logits.size(-1):
+            # masked, not cut off: the draw then takes as many random numbers as the original's did
+            # over the whole padded table, so --preset=original follows its random stream
+            logits[:, vocab_size:] = float("-inf")
         logits = apply_repetition_penalty(logits, context[-repetition_window:] if repetition_window else context,
-                                          repetition_penalty)
+                                          repetition_penalty, penalty_style)
         token = int(sample_next(logits, temperature, top_k, top_p, generator)[0])
         if token in stop:
             return

@@ -24,7 +24,7 @@ from wigglegpt.tokenizer import EOT, VOCAB_SIZE, StreamDecoder, encode
 MAX_STOPS = 4  # as OpenAI's API
 DISCONNECT_CHECK_S = 1.0  # how often a reply sent whole looks whether its client is still there
 # beyond OpenAI's fields, the sampling options the page has too (sent with the client's extra_body)
-EXTRA = ("top_k", "repetition_penalty", "repetition_window")
+EXTRA = ("top_k", "repetition_penalty", "repetition_window", "penalty_style")
 # OpenAI fields accepted only at a value that asks for nothing this server cannot do
 NEUTRAL = {"presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": ({},), "logprobs": (False, 0),
            "top_logprobs": (0,), "tools": ([],), "tool_choice": ("none", "auto"), "functions": ([],),

@@ -1,8 +1,9 @@
 """
 The optimizers train_bio.py can use, as the original WiggleGPT offered them (optimizer_type):
 adamw (the default), adamw8bit, lion (written here) and adafactor, each built by make_optimizer
-over the model's parameter groups (GPT.parameter_groups). What each one is and the learning
-rate it wants: README.md, "Train".
+over the model's parameter groups (GPT.parameter_groups), and freeze_layers, the original's way
+to fine-tune only the top of the model. What each one is and the learning rate it wants:
+README.md, "Train".
 """
 
 import torch
@@ -44,6 +45,23 @@ class Lion(torch.optim.Optimizer):
                 p.add_(torch.lerp(grad, m, beta1).sign_(), alpha=-lr)  # lerp: beta1 * m + (1 - beta1) * g
                 m.lerp_(grad, 1.0 - beta2)  # beta2 * m + (1 - beta2) * g
         return loss
+
+
+def freeze_layers(model, n):
+    """Freeze as the original WiggleGPT's finetune_native.py did: the token embedding (and with it
+    the output layer tied to it), the position table where there is one, and blocks 0 .. n-1. They
+    get no gradients, so backward stops below block n and the optimizer holds no state for them.
+    Returns (trainable, total) parameter counts."""
+    blocks = model.transformer.h
+    if not 0 <= n <= len(blocks):
+        raise UserError(f"freeze_layers={n}, but the model has {len(blocks)} block{'s' * (len(blocks) != 1)}; "
+                        f"use 0 .. {len(blocks)}")
+    if n:
+        frozen = [model.transformer.wte] + ([model.transformer.wpe] if "wpe" in model.transformer else [])
+        for module in frozen + list(blocks[:n]):
+            module.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
 
 
 def make_optimizer(model, optimizer_type, weight_decay, learning_rate, betas, device_type):

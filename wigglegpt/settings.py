@@ -120,22 +120,38 @@ def apply_settings(settings, values, given, where, hints=None):
     return values
 
 
+class Settings(types.SimpleNamespace):
+    """The settings' values as attributes; vars() of it is the plain dict that goes into
+    checkpoints. explicit (kept outside vars()): the names a config file or the command line set,
+    for the few choices that depend on whether a setting was given at all (wigglegpt.compat)."""
+    __slots__ = ("explicit",)
+
+    def __init__(self, values=None, explicit=()):
+        super().__init__(**(values or {}))
+        self.explicit = frozenset(explicit)
+
+    def __reduce__(self):  # copies and pickles keep explicit too
+        return type(self), (dict(vars(self)), self.explicit)
+
+
 def load_settings(settings, argv=None, description="", allow_config_file=True, hints=None):
     """Defaults, then an optional config file (a positional path), then --key=value overrides.
     hints: {foreign setting name: what to use instead}, for a clearer error than "unknown".
 
-    Returns a SimpleNamespace; vars() of it is the plain dict that goes into checkpoints.
+    Returns Settings: vars() of it is the plain dict that goes into checkpoints.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(settings, description))
         sys.exit(0)
-    values = default_values(settings)
+    values, explicit = default_values(settings), set()
     for arg in argv:
         if not arg.startswith("--"):
             if not allow_config_file:
                 raise UserError(f"unexpected argument {arg!r}; settings are given as --key=value")
-            apply_settings(settings, values, read_config_file(arg), f"in {arg}", hints)
+            assigned = read_config_file(arg)
+            apply_settings(settings, values, assigned, f"in {arg}", hints)
+            explicit.update(assigned)
             continue
         key, eq, text = arg[2:].partition("=")
         if key not in values:
@@ -150,4 +166,5 @@ def load_settings(settings, argv=None, description="", allow_config_file=True, h
         else:
             value = _parse_value(text, default, settings[key][2:])
         values[key] = _check_type(key, value, default, "on the command line", settings[key][2:])
-    return types.SimpleNamespace(**values)
+        explicit.add(key)
+    return Settings(values, explicit)

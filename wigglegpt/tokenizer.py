@@ -50,6 +50,12 @@ def encode(text):
     return get_tokenizer().encode_ordinary(text)
 
 
+def encode_with_special(text):
+    """Text to ids, '<|endoftext|>' in it the special id, as the original WiggleGPT's scripts encoded
+    their prompts (--preset=original)."""
+    return get_tokenizer().encode(text, allowed_special={EOT_TEXT})
+
+
 def decode(ids):
     return get_tokenizer().decode(list(ids))
 
@@ -153,6 +159,13 @@ def render_conversation(messages, max_tokens=1024, loss_on="assistant"):
     return ids + [EOT], mask + [0]
 
 
+def prompt_text(messages, keep_empty=False):
+    """The text of render_prompt: the turns, then the assistant header. keep_empty: empty turns
+    stay (the original chat.py kept an empty reply in its history)."""
+    turns = _checked_messages(messages, need_assistant=False, keep_empty=keep_empty)
+    return "".join(_turn_text(role, content) for role, content in turns) + f"{ASSISTANT_START}\n"
+
+
 def render_prompt(messages):
     """The conversation so far plus the assistant header, for generation (no EOT).
 
@@ -160,8 +173,7 @@ def render_prompt(messages):
     <|assistant|>\n"), encoded as a whole; "<|endoftext|>" typed by a user stays text.
     Generation should stop at the text ASSISTANT_END, at "<|user|>", or at EOT.
     """
-    turns = _checked_messages(messages, need_assistant=False)
-    return encode("".join(_turn_text(role, content) for role, content in turns) + f"{ASSISTANT_START}\n")
+    return encode(prompt_text(messages))
 
 
 # ---------------------------------------------------------------------------------------

@@ -138,7 +138,7 @@ def create_app(chat, name, api_key=""):
     worker = ReplyWorker(chat)
     block_size = unwrap(chat.model).config.block_size
     defaults = {"system": chat.system, "max_new_tokens": chat.max_new_tokens, "seed": chat.seed,
-                "repetition_window": 0, **chat.sampling}  # 0: the whole context, as in wigglegpt.engine
+                "repetition_window": 0, "penalty_style": "ctrl", **chat.sampling}  # generate's own defaults
     info = {**model_info(chat, name), "defaults": defaults, "api_key": bool(api_key),
             "limits": {"max_body_bytes": MAX_BODY_BYTES, "max_messages": MAX_MESSAGES}}
     with open(PAGE, encoding="utf-8") as f:
