@@ -3,11 +3,18 @@ XOR with ONE neuron: the oscillating activation against monotonic ones.
 
     python xor_bio.py                      # 10 seeds, prints accuracy per activation and seed
     python xor_bio.py --plot=xor.png       # and draws the learned decision curves
+    python xor_bio.py --suite              # the original WiggleGPT's architecture benchmark
+    python xor_bio.py --suite --suite_plot=suite.png --tasks=xor,parity-4 --kinds=standard,oscillating
 
 One neuron y = f(w.x + b) on the four XOR points, trained with Adam on the squared error, for
 the model's oscillating activation (model_bio.OscillatingActivation) and GELU, ReLU and tanh;
 all seeds train at once, side by side. Why a monotonic f gets at most 3 of the 4 points right:
 README.md, "Research tools".
+
+--suite runs the original's bio_inspired_neurons2.py benchmark instead (wigglegpt/archbench.py):
+Standard, Oscillating, Sparse, Hybrid and Dendritic MLPs on XOR, Parity-4, Modular-5 and
+Logical-Inference, every seed side by side, with each kind's accuracy against the Standard MLP's
+as a paired 95 % confidence interval over the same seeds.
 """
 
 import os
@@ -16,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from model_bio import OscillateFunction, OscillatingActivation
+from wigglegpt import archbench
 from wigglegpt.common import UserError, run_main, write_error
 from wigglegpt.settings import load_settings
 
@@ -24,7 +32,16 @@ SETTINGS = {
     "steps": (500, "Adam steps per neuron"),
     "lr": (0.1, "Adam learning rate"),
     "plot": ("", "PNG file for the learned decision curves (default: no plot)"),
+    "suite": (False, "run the original WiggleGPT's architecture benchmark instead: every task x MLP kind"),
+    "suite_seeds": (10, "--suite: seeds 0 .. suite_seeds-1, all trained side by side"),
+    "suite_epochs": (200, "--suite: epochs at most, 25 Adam steps each (the original ran 1000; "
+                          "a seed stops once its test MSE is below 1e-6)"),
+    "tasks": (",".join(archbench.TASKS), "--suite: the tasks, comma separated"),
+    "kinds": (",".join(archbench.KINDS), "--suite: the MLP kinds, comma separated (the confidence "
+                                         "intervals are against standard)"),
+    "suite_plot": ("", "--suite: PNG file for the accuracy per task and kind (default: no plot)"),
 }
+SUITE_ONLY = ("suite_seeds", "suite_epochs", "tasks", "kinds", "suite_plot")
 
 ACTIVATIONS = ("oscillating", "gelu", "relu", "tanh")
 MONOTONIC = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh}
@@ -216,15 +233,145 @@ def describe_neuron(result, i):
     return text
 
 
+# ---------------------------------------------------------------------------------------
+# --suite: the original's architecture benchmark
+
+def pick_names(text, known, what):
+    """A comma-separated list of names from known (case does not matter), in the order given."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--{what}= is empty; choose from {','.join(known)}")
+    for n in names:
+        if n not in known:
+            raise UserError(f"--{what}: unknown name {n!r}; choose from {','.join(known)}")
+    if len(set(names)) < len(names):
+        raise UserError(f"--{what}={text} names one of them twice")
+    return names
+
+
+def format_spread(mean_sd, scale=1.0, digits=1):
+    """'mean ± sd' (just the mean for one seed, '-' for none)."""
+    mean, sd = mean_sd
+    if mean is None:
+        return "-"
+    return f"{mean * scale:.{digits}f}" + ("" if sd is None else f" ± {sd * scale:.{digits}f}")
+
+
+def format_ci(ci):
+    """'+mean [low, high]' in percentage points (just the mean for one seed)."""
+    mean, low, high = ci
+    text = f"{mean * 100:+.1f}"
+    return text + ("" if low is None else f" [{low * 100:+.1f}, {high * 100:+.1f}]")
+
+
+def print_suite(results, seeds, epochs):
+    """The table: per task and kind, accuracy, test MSE, epochs to 95 %, parameters, time, firing share,
+    and the paired difference in accuracy to the Standard MLP with its 95 % CI."""
+    print("Architecture benchmark of the original WiggleGPT (bio_inspired_neurons2.py): "
+          f"{archbench.N_LAYERS} hidden layers of {archbench.HIDDEN}, Adam lr {archbench.LR}, "
+          f"batch {archbench.BATCH_SIZE}, MSE, gradient norm clipped to {archbench.MAX_GRAD_NORM}")
+    print(f"up to {epochs} epochs of the 800 training rows (a seed stops once its test MSE < {archbench.STOP_LOSS}); "
+          f"{len(seeds)} seeds ({seeds[0]}..{seeds[-1]}) side by side; accuracy on the 200 test rows")
+    head = (f"{'task':<18} {'kind':<12} {'accuracy %':>13} {'test MSE':>9} {'epochs to 95%':>15} {'reached':>7} "
+            f"{'params':>7} {'time s':>7} {'firing %':>12}   acc - Standard, pp [95% CI]")
+    print(head)
+    print("-" * len(head))
+    for (task, kind), r in results.items():
+        s = archbench.summarize(r, results.get((task, "standard")) if kind != "standard" else None)
+        diff = "" if s["versus_base"] is None else format_ci(s["versus_base"])
+        print(f"{r['task']:<18} {archbench.KINDS[kind][0]:<12} {format_spread(s['accuracy'], 100):>13} "
+              f"{s['test_mse'][0]:>9.2e} {format_spread(s['epochs_to_target']):>15} {s['n_reached']:>3}/{len(seeds):<3} "
+              f"{r['params']:>7,} {r['seconds']:>7.1f} {format_spread(s['firing'], 100):>12}   {diff}".rstrip())
+    print()
+    print("accuracy: mean ± sample std over the seeds (Modular-5: the output rounded to the nearest "
+          "of its levels 0, 0.2, .., 0.8); test MSE: the mean over the seeds")
+    print("epochs to 95%: epochs trained when the test accuracy first reached 95%, over the seeds "
+          "that reached it; time: all seeds together")
+    print("firing: share of the sparse gates' units with voltage above the threshold, over the last "
+          f"{archbench.FIRING_WINDOW} forward calls; acc - Standard: paired per seed, mean and Student t 95% CI")
+    if "standard" not in {kind for _, kind in results}:
+        print("(no confidence intervals: --kinds has no standard to compare with)")
+
+
+def plot_suite(results, path):
+    """One panel per task: each kind's mean accuracy as a bar with the sample std as its error
+    bar (cut off at 0 and 100 %), and every seed's accuracy as a dot."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(task for task, _ in results))
+    kinds = list(dict.fromkeys(kind for _, kind in results))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks) + 1, 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for i, kind in enumerate(kinds):
+            r = results[task, kind]
+            mean, sd = archbench.mean_std(r["accuracy"])
+            sd = sd or 0.0
+            bar = [[min(sd, mean) * 100], [min(sd, 1.0 - mean) * 100]]  # the std, cut off at 0 % and 100 %
+            ax.bar(i, mean * 100, yerr=bar, capsize=4, color=f"C{i}", alpha=0.7)
+            n = len(r["accuracy"])
+            offsets = [(j - (n - 1) / 2) * 0.5 / max(n, 1) for j in range(n)]  # the seeds spread across the bar
+            ax.scatter([i + o for o in offsets], [a * 100 for a in r["accuracy"]], s=10, color="k", zorder=3)
+        ax.set_xticks(range(len(kinds)), [archbench.KINDS[k][0] for k in kinds], rotation=30, ha="right")
+        ax.set_title(results[task, kinds[0]]["task"])
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("test accuracy %")
+    seeds = next(iter(results.values()))["seeds"]
+    fig.suptitle(f"Architecture benchmark: mean ± std (cut at 0 and 100 %) over {len(seeds)} seeds (dots: each seed)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def check_plot_path(path, key):
+    """A plot's folder must exist and the path must not be a folder: checked before the training."""
+    folder = os.path.dirname(os.path.abspath(path)) if path else ""
+    if folder and not os.path.isdir(folder):
+        raise UserError(f"--{key}={path}: folder {folder} does not exist")
+    if path and os.path.isdir(path):
+        raise UserError(f"--{key}={path} is a folder; give a .png file")
+
+
+def run_suite(cfg):
+    """--suite: check its settings, train every task x kind, print the table, draw the plot."""
+    from tqdm import tqdm
+
+    if cfg.suite_seeds < 1:
+        raise UserError(f"suite_seeds must be >= 1, got {cfg.suite_seeds}")
+    if cfg.suite_epochs < 1:
+        raise UserError(f"suite_epochs must be >= 1, got {cfg.suite_epochs}")
+    tasks = pick_names(cfg.tasks, list(archbench.TASKS), "tasks")
+    kinds = pick_names(cfg.kinds, list(archbench.KINDS), "kinds")
+    check_plot_path(cfg.suite_plot, "suite_plot")
+    seeds = list(range(cfg.suite_seeds))
+    with tqdm(total=len(tasks) * len(kinds) * cfg.suite_epochs, unit="epoch", desc="suite", disable=None) as bar:
+        results = archbench.run_suite(tasks, kinds, seeds, cfg.suite_epochs, progress=bar)
+    print_suite(results, seeds, cfg.suite_epochs)
+    if cfg.suite_plot:
+        try:
+            plot_suite(results, cfg.suite_plot)
+        except OSError as e:
+            raise write_error(cfg.suite_plot, e, "run again") from None
+        print(f"wrote {cfg.suite_plot}")
+    return results
+
+
 def main(argv=None):
     cfg = load_settings(SETTINGS, argv, description=__doc__.strip().splitlines()[0], allow_config_file=False)
+    given = cfg.explicit  # the settings on the command line
+    if cfg.suite:
+        one_neuron = sorted(given & {"seeds", "steps", "lr", "plot"})
+        if one_neuron:
+            raise UserError(f"--{one_neuron[0]} is for the one-neuron XOR run, not --suite "
+                            "(its settings: --suite_seeds, --suite_epochs, --tasks, --kinds, --suite_plot)")
+        return run_suite(cfg)
+    suite_only = [k for k in SUITE_ONLY if k in given]
+    if suite_only:
+        raise UserError(f"--{suite_only[0]} needs --suite")
     if cfg.seeds < 1:
         raise UserError(f"seeds must be >= 1, got {cfg.seeds}")
-    folder = os.path.dirname(os.path.abspath(cfg.plot)) if cfg.plot else ""
-    if folder and not os.path.isdir(folder):  # before the training, not after it
-        raise UserError(f"--plot={cfg.plot}: folder {folder} does not exist")
-    if cfg.plot and os.path.isdir(cfg.plot):
-        raise UserError(f"--plot={cfg.plot} is a folder; give a .png file")
+    check_plot_path(cfg.plot, "plot")
     results = run_all(range(cfg.seeds), cfg.steps, cfg.lr)
     print_report(results)
     if cfg.plot:

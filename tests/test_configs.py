@@ -103,3 +103,9 @@ def test_sparse_configs():
     assert counts == {"v2": 45_309_312, "light": 26_428_800}
     demo = settings_of("shakespeare_bio.py")
     assert demo["dataset"] == "shakespeare" and demo["max_iters"] // demo["eval_interval"] >= 3
+
+
+def test_the_124m_one_switch_pair_differs_in_use_bio_mlp_only():
+    bio, gelu = settings_of("gpt2_bio_3070.py"), settings_of("gpt2_gelu_mlp_3070.py")
+    assert bio["use_bio_mlp"] and not gelu["use_bio_mlp"]
+    assert {k for k in bio if bio[k] != gelu[k]} == {"use_bio_mlp", "out_dir", "wandb_run_name"}
