@@ -5,27 +5,32 @@ Compare training runs side by side: a table of their numbers and a plot of their
     python compare_bio.py --run config/shakespeare_bio.py config/shakespeare_gelu.py --max_iters=100
     python compare_bio.py --run config/shakespeare_bio.py --rope_variants  # real RoPE vs legacy (no positions)
     python compare_bio.py --run config/shakespeare_bio.py config/shakespeare_gelu.py --seeds=3   # error bars
+    python compare_bio.py --run config/shakespeare_bio.py --ablate=use_bio_mlp,use_rope --seeds=3  # one switch each
+    python compare_bio.py --run config/shakespeare_bio.py --sweep=n_layer=2,4,8 --seeds=3 --plot=layers.png
     python compare_bio.py out-owt-bio --chart=loss_chart.png               # the original's loss chart
     python compare_bio.py trainlog.txt --chart=loss_chart.png --zoom=0.075 # ... from a console log
 
 Each run is read from the metrics.jsonl that train_bio.py writes; --run trains the configs
 first, one train_bio.py subprocess each, with the same seed and token budget. --chart draws
 the original WiggleGPT's loss chart instead of the table, from metrics.jsonl or from a
-plain-text console log (wigglegpt/losslog.py). The table's columns, the multi-seed statistics
-and how resumed runs are read: README.md, "Research tools".
+plain-text console log (wigglegpt/losslog.py). --ablate and --sweep train variants of one config
+that each change one setting, compared to the first as configs are. The table's columns, the
+multi-seed statistics and how resumed runs are read: README.md, "Research tools".
 """
 
 import json
 import math
 import os
+import re
 import shlex
 import statistics
 import subprocess
 import sys
+import types
 
-from wigglegpt import losslog
+from wigglegpt import compat, losslog
 from wigglegpt.common import UserError, run_main, write_error
-from wigglegpt.settings import load_settings, read_config_file
+from wigglegpt.settings import _check_type, _closest, _parse_value, load_settings, read_config_file, settings_from_json
 
 SETTINGS = {
     "run": (False, "train the given config files first (one train_bio.py subprocess each), then compare"),
@@ -35,6 +40,11 @@ SETTINGS = {
     "seeds": (1, "--run: train every run with this many seeds, seed, seed+1, ... (error bars from 2 on)"),
     "rope_variants": (False, "--run: train each RoPE config twice, with real RoPE and with legacy_rope=True"),
     "train_args": ("", "--run: extra settings for every run, e.g. \"--device=cpu --eval_interval=25\""),
+    "ablate": ("", "--run with one config: train it and, per boolean setting named here (comma separated, e.g. "
+                   "use_bio_mlp,use_rmsnorm,use_rope), a variant with only that setting flipped"),
+    "sweep": ("", "--run with one config: KEY=V1,V2,... trains it once per value (the first is the reference), "
+                  "e.g. bio_threshold=0.1,0.25,0.4 or n_layer=2,4,8; with a plot also FILE-sweep.png, the final "
+                  "val loss against the value"),
     "plot": ("", "PNG of the loss curves (default: out_root/compare.png; 'none': no plot)"),
     "chart": ("", "PNG of the original WiggleGPT's loss chart, instead of the table: linear, log-scale and "
                   "final-region panels of the eval losses of one or more runs (run folders, metrics.jsonl files "
@@ -209,22 +219,34 @@ def planned_runs(configs, rope_variants, train_args):
             if rope_variants:
                 print(f"note: {config} does not use RoPE (use_rope=False): no RoPE variants for it")
             runs.append((base, config, []))
-    names = [name for name, _, _ in runs]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise UserError(f"two runs would share the name {', '.join(repeated)}; give each config once")
+    check_unique([name for name, _, _ in runs], "give each config once")
     return runs
 
 
-def train_runs(configs, cfg):
-    """Train each planned run in a subprocess, once per seed; return [(name, [out_dir per seed])]."""
-    train_args = shlex.split(cfg.train_args)
+def check_unique(names, advice):
+    """Each run trains into out_root/<name>: two runs with one name would share a folder."""
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"two runs would share the name {', '.join(repeated)}; {advice}")
+
+
+OWN_SETTINGS = ("out_dir", "seed", "max_iters", "overwrite")  # compare_bio.py sets these for every run
+
+
+def checked_train_args(text):
+    """--train_args as a list of --key=value settings, none of those compare_bio.py sets itself."""
+    train_args = shlex.split(text)
     for arg in train_args:
         if not arg.startswith("--"):
             raise UserError(f"train_args takes --key=value settings only, got {arg!r}")
-        if arg.split("=", 1)[0] in ("--out_dir", "--seed", "--max_iters", "--overwrite"):
+        if arg[2:].split("=", 1)[0] in OWN_SETTINGS:
             raise UserError(f"{arg.split('=', 1)[0]} is set by compare_bio.py itself; use its own setting")
-    plan = planned_runs(configs, cfg.rope_variants, train_args)
+    return train_args
+
+
+def train_runs(plan, cfg, train_args):
+    """Train each planned run [(name, config, extra args)] in a subprocess, once per seed, with
+    train_args and then the run's own extra args; return [(name, [out_dir per seed])]."""
     seeds = [cfg.seed + k for k in range(cfg.seeds)]
     done = {name: [] for name, _, _ in plan}
     # seed-major: after each round every config has as many seeds, so a stopped comparison stays paired
@@ -237,7 +259,7 @@ def train_runs(configs, cfg):
             cmd = [sys.executable, TRAIN_SCRIPT, config, f"--out_dir={out_dir}", f"--seed={seed}", "--overwrite=True"]
             if cfg.max_iters:
                 cmd.append(f"--max_iters={cfg.max_iters}")
-            cmd += extra + train_args
+            cmd += train_args + extra  # the run's own setting last: it wins over train_args
             print(f"=== {name}" + (f" seed {seed}" if cfg.seeds > 1 else "")
                   + f": {' '.join(shlex.quote(c) for c in cmd[1:])}", flush=True)
             code = subprocess.run(cmd).returncode
@@ -245,6 +267,151 @@ def train_runs(configs, cfg):
                 raise UserError(f"training {name} (seed {seed}) failed (exit code {code}); its output is above")
             done[name].append(out_dir)
     return list(done.items())
+
+
+# ---------------------------------------------------------------------------------------
+# one setting at a time (--ablate, --sweep): variants of one config, planned and checked
+# before anything trains
+
+def train_settings():
+    """train_bio.py's settings {name: (default, meaning, *also)}, from its --help=json (a
+    subprocess: no script imports another), so they follow its table as it changes."""
+    r = subprocess.run([sys.executable, TRAIN_SCRIPT, "--help=json"], capture_output=True, text=True)
+    try:
+        if r.returncode != 0:
+            raise ValueError((r.stderr.strip().splitlines() or [f"exit code {r.returncode}"])[-1])
+        return settings_from_json(r.stdout)
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise UserError(f"could not read the settings of train_bio.py --help=json: {e}") from None
+
+
+def trained_settings(table, config_values, args):
+    """The settings train_bio.py trains a config with under --key=value args: the defaults, the
+    config file, the args (the last one wins), then what wigglegpt/compat.py derives from them
+    (an original WiggleGPT config's model)."""
+    values = {key: entry[0] for key, entry in table.items()}
+    values.update(config_values)
+    explicit = set(config_values)
+    for arg in args:
+        key, eq, text = arg[2:].partition("=")
+        if key in table:  # train_bio.py names any other key in its own error
+            default, _, *also = table[key]
+            values[key] = _parse_value(text, default, also) if eq else True
+            explicit.add(key)
+    derived, _ = compat.original_architecture(types.SimpleNamespace(**values), explicit)
+    return {**values, **derived}
+
+
+def listed(text, option, example):
+    """The comma-separated items of an option; none empty, none twice."""
+    items = split_values(text)
+    if not text.strip():
+        raise UserError(f"{option} is empty; give {example}")
+    if not all(items):
+        raise UserError(f"{option}={text} has an empty item; give {example}")
+    twice = sorted({i for i in items if items.count(i) > 1})
+    if twice:
+        raise UserError(f"{option}={text} names {', '.join(twice)} twice; give each once")
+    return items
+
+
+def split_values(text):
+    """V1,V2,... split at the commas outside brackets and quotes: (0.9,0.95),(0.9,0.99) is two values."""
+    items, current, depth, quote = [], "", 0, None
+    for ch in text:
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{" or ch in ")]}":
+            depth += 1 if ch in "([{" else -1
+        elif ch == "," and depth == 0:
+            items.append(current.strip())
+            current = ""
+            continue
+        current += ch
+    return items + [current.strip()]
+
+
+def check_not_own(key, option):
+    if key in OWN_SETTINGS:
+        raise UserError(f"{option}: {key} is set by compare_bio.py itself for every run; use its own setting")
+
+
+def check_known(key, table, option):
+    if key not in table:
+        raise UserError(f"{option}: unknown setting {key!r} of train_bio.py{_closest(key, list(table))}")
+
+
+def ablation_plan(config, text, train_args):
+    """--ablate: the config as it is, then per named switch a run with only that switch flipped
+    from the value the config trains with. Returns the plan, {name: what it changed} and None."""
+    keys = listed(text, "--ablate", "boolean setting names, e.g. --ablate=use_bio_mlp,use_rmsnorm,use_rope")
+    for key in keys:
+        check_not_own(key, "--ablate")
+    config_values, table = read_config_file(config), train_settings()
+    for key in keys:
+        check_known(key, table, "--ablate")
+        if not isinstance(table[key][0], bool):
+            raise UserError(f"--ablate flips True/False settings, and {key} is not one (its default is "
+                            f"{table[key][0]!r}); try --sweep={key}=V1,V2,...")
+    base = trained_settings(table, config_values, train_args)
+    stem = os.path.splitext(os.path.basename(config))[0]
+    runs = [(stem, [], "none (base)")]
+    for key in keys:
+        flipped = not base[key]
+        runs.append((f"{stem}-{key}={flipped}", [f"--{key}={flipped}"], f"{key}: {base[key]!r} -> {flipped!r}"))
+    return (*checked_plan(config, table, config_values, train_args, runs, keys), None)
+
+
+def sweep_plan(config, spec, train_args):
+    """--sweep=KEY=V1,V2,...: a run per value, the first the reference. Returns the plan,
+    {name: what it changed} and (KEY, the values)."""
+    key, eq, text = spec.partition("=")
+    key = key.strip()
+    if not eq or not key:
+        raise UserError(f"--sweep takes KEY=V1,V2,..., e.g. --sweep=n_layer=2,4,8; got {spec!r}")
+    texts = listed(text, f"--sweep={key}", f"values, e.g. --sweep={key}=V1,V2")
+    if len(texts) < 2:
+        raise UserError(f"--sweep={spec} has one value; give two or more (the first is the reference)")
+    check_not_own(key, "--sweep")
+    if any(arg[2:].partition("=")[0] == key for arg in train_args):
+        raise UserError(f"--train_args sets {key}, which --sweep varies; leave it out of train_args")
+    config_values, table = read_config_file(config), train_settings()
+    check_known(key, table, "--sweep")
+    default, _, *also = table[key]
+    values = [_check_type(key, _parse_value(t, default, also), default, f"in --sweep={spec}", also) for t in texts]
+    shown = [repr(v) for v in values]
+    twice = sorted({v for v in shown if shown.count(v) > 1})
+    if twice:
+        raise UserError(f"--sweep={spec} gives {key}={', '.join(twice)} twice; give each value once")
+    own = trained_settings(table, config_values, train_args)[key]
+    stem = os.path.splitext(os.path.basename(config))[0]
+    runs = [(f"{stem}-{key}=" + re.sub(r"[^\w.,=+()-]", "_", t),  # a folder name on every system
+             [f"--{key}={v if isinstance(v, str) else repr(v)}"],  # read back by train_bio.py as this value
+             f"{key}: {own!r} -> {v!r}" if repr(v) != repr(own) else f"{key}: {v!r} (as the config)")
+            for t, v in zip(texts, values)]
+    return (*checked_plan(config, table, config_values, train_args, runs, [key] * (len(runs) - 1)), (key, values))
+
+
+def checked_plan(config, table, config_values, train_args, runs, keys):
+    """Check that each run after the first trains with the first one's settings but for its key
+    (what train_bio.py derives included), and say what every run derives alike; return
+    ([(name, config, extra args)], {name: what it changed})."""
+    check_unique([name for name, _, _ in runs], "give values that differ in letters or digits")
+    trained = [trained_settings(table, config_values, train_args + extra) for _, extra, _ in runs]
+    for (name, _, _), settings, key in zip(runs[1:], trained[1:], keys):
+        differ = sorted(k for k in settings if settings[k] != trained[0][k])
+        if differ != [key]:
+            raise UserError(f"{name} would change {', '.join(differ)}, not {key} alone: train_bio.py derives the "
+                            f"others from it (wigglegpt/compat.py); set them in {config} to change one at a time")
+    alone = trained_settings(table, config_values, train_args)
+    derived = [k for k in alone if k not in keys and trained[0][k] != alone[k]]
+    if derived:
+        print(f"note: every run trains with {', '.join(f'{k}={trained[0][k]!r}' for k in derived)}, which "
+              f"train_bio.py derives once {keys[0]} is given (wigglegpt/compat.py); {config} alone has "
+              + ", ".join(f"{k}={alone[k]!r}" for k in derived))
+    return [(name, config, extra) for name, extra, _ in runs], {name: changed for name, _, changed in runs}
 
 
 # ---------------------------------------------------------------------------------------
@@ -314,10 +481,10 @@ def fmt(value, spec):
     return "-" if value is None else format(value, spec)
 
 
-def print_columns(header, cells):
-    """A text table: the first column left-aligned, the others right-aligned."""
+def print_columns(header, cells, left=1):
+    """A text table: the first left columns left-aligned (names), the others right-aligned."""
     widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
-    line = "  ".join(["{:<%d}" % widths[0]] + ["{:>%d}" % w for w in widths[1:]])
+    line = "  ".join(["{:<%d}" % w for w in widths[:left]] + ["{:>%d}" % w for w in widths[left:]])
     print(line.format(*header))
     print(line.format(*("-" * w for w in widths)))
     for c in cells:
@@ -325,11 +492,14 @@ def print_columns(header, cells):
 
 
 def print_table(rows):
-    header = ["run", "params", "tokens", "iters", "final val", "best val", "tokens/s", "peak MB"]
-    cells = [[r["name"] + ("" if r["status"] == "max_iters" else f" ({r['status']})"), fmt(r["params"], ","), fmt(r["tokens"], ","),
-              fmt(r["iters"], ","), fmt(r["final_val_loss"], ".4f"), fmt(r["best_val_loss"], ".4f"),
-              fmt(r["tokens_per_sec"], ",.0f"), fmt(r["peak_mem_mb"], ",.1f")] for r in rows]
-    print_columns(header, cells)
+    """One line per run; with --ablate or --sweep a second column says what the run changed."""
+    changes = any(r.get("changed") for r in rows)
+    header = ["run"] + ["changed"] * changes + ["params", "tokens", "iters", "final val", "best val", "tokens/s", "peak MB"]
+    cells = [[r["name"] + ("" if r["status"] == "max_iters" else f" ({r['status']})")] + [r.get("changed") or "-"] * changes
+             + [fmt(r["params"], ","), fmt(r["tokens"], ","), fmt(r["iters"], ","), fmt(r["final_val_loss"], ".4f"),
+                fmt(r["best_val_loss"], ".4f"), fmt(r["tokens_per_sec"], ",.0f"), fmt(r["peak_mem_mb"], ",.1f")]
+             for r in rows]
+    print_columns(header, cells, left=1 + changes)
     budgets = {r["tokens"] for r in rows}
     if len(budgets) > 1:
         print("note: the runs saw different numbers of tokens; their losses do not compare like for like")
@@ -405,15 +575,17 @@ def print_seed_summary(groups):
     metrics, summary = seed_summary(groups)
     print()
     print("over seeds: mean +- sample standard deviation (n-1), n = runs with the figure")
-    header = ["config", "seeds"] + [label for _, label, _ in metrics]
+    changed = [rows[0].get("changed") for _, rows in groups]
+    changes = any(changed)
+    header = ["config"] + ["changed"] * changes + ["seeds"] + [label for _, label, _ in metrics]
     cells = []
-    for entry in summary:
-        row = [entry["name"], str(entry["seeds"])]
+    for entry, change in zip(summary, changed):
+        row = [entry["name"]] + [change or "-"] * changes + [str(entry["seeds"])]
         for key, _, spec in metrics:
             st = entry["stats"].get(key)
             row.append("-" if st is None else f"{st['mean']:{spec}} +- {fmt(st['sd'], spec)} (n={st['n']})")
         cells.append(row)
-    print_columns(header, cells)
+    print_columns(header, cells, left=1 + changes)
     if len(summary) < 2:
         return summary
     base = summary[0]["name"]
@@ -480,7 +652,8 @@ def plot_bands(groups, path):
     for i, f in enumerate(finals):
         if f:
             ax.plot([i - 0.15, i + 0.15], [sum(f.values()) / len(f)] * 2, color=f"C{i % 10}", lw=3)
-    ax.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8)
+    slanted = dict(rotation=25, ha="right") if max(len(name) for name, _ in groups) > 12 else {}  # long names
+    ax.set_xticks(range(len(groups)), [name for name, _ in groups], fontsize=8, **slanted)
     ax.set_xlim(-0.5, len(groups) - 0.5)
     ax.set_ylabel("final val loss")
     ax.set_title("final val loss per seed (bar: mean)")
@@ -490,6 +663,62 @@ def plot_bands(groups, path):
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def figure_sweep(key, values, groups):
+    """The final val loss against the swept value (groups: [(name, rows)], one per value): the
+    mean over seeds with +- one sample sd, each seed a grey dot, a tick at each value. Numbers go
+    on a numeric axis (logarithmic when they span 100x or more), other values one place each, in
+    the sweep's order. Returns the Figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    xs = [float(v) for v in values] if numeric else list(range(len(values)))
+    _, summary = seed_summary(groups)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = []  # (x, mean, sd) of the values whose runs have a final val loss
+    for x, (name, rows), entry in zip(xs, groups, summary):
+        finals = by_seed(name, rows, "final_val_loss")
+        ax.scatter([x] * len(finals), list(finals.values()), color="gray", alpha=0.6, s=14, zorder=3)
+        st = entry["stats"].get("final_val_loss")
+        if st is not None:
+            points.append((x, st["mean"], st["sd"] or 0.0))
+    if points:
+        px, mean, sd = zip(*points)
+        seeds = max(len(rows) for _, rows in groups)
+        ax.errorbar(px, mean, yerr=sd, fmt="o-" if numeric else "o", color="C0", capsize=5, lw=1.8, zorder=4,
+                    label=f"mean of {seeds} seeds, bars: +- 1 sample sd" if seeds > 1 else "one seed per value")
+        ax.legend(fontsize=8)
+    if numeric and min(xs) > 0 and max(xs) >= 100 * min(xs):
+        ax.set_xscale("log")
+    # a tick at each value tried (n_layer 2, 4, 8: no tick at 2.5)
+    ax.set_xticks(xs, [f"{v:g}" if numeric else v if isinstance(v, str) else repr(v) for v in values])
+    ax.minorticks_off()
+    if not numeric:
+        ax.set_xlim(-0.5, len(values) - 0.5)
+    ax.set_xlabel(key)
+    ax.set_ylabel("final val loss")
+    ax.set_title(f"final val loss against {key}")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_plot_path(plot):
+    """Where the sweep figure goes beside the loss curves: FILE.png -> FILE-sweep.png."""
+    root, ext = os.path.splitext(plot)
+    return f"{root}-sweep{ext or '.png'}"
+
+
+def write_plot(path, draw):
+    """draw(path), a failed write (no permission, a full disk) as one error line."""
+    try:
+        draw(path)
+    except OSError as e:
+        raise write_error(path, e, "run again") from None
+    print(f"wrote {path}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -621,11 +850,7 @@ def chart(paths, cfg):
         names = [os.path.normpath(p) for p in paths]
     curves = [(name, eval_curve(p)) for name, p in zip(names, paths)]
     print_chart_table(curves)
-    try:
-        save_chart(figure_loss_chart(curves, cfg.reference_loss, cfg.zoom), cfg.chart)
-    except OSError as e:  # no permission, a full disk
-        raise write_error(cfg.chart, e, "run again") from None
-    print(f"wrote {cfg.chart}")
+    write_plot(cfg.chart, lambda path: save_chart(figure_loss_chart(curves, cfg.reference_loss, cfg.zoom), path))
     return curves
 
 
@@ -643,11 +868,30 @@ def check_plot_path(path, option="--plot"):
                         + (" (or --out_root)" if option == "--plot" else ""))
 
 
+def variant_option(cfg, paths):
+    """'ablate' or 'sweep' when one is given (checked: with --run, one config, not both, no
+    --rope_variants), else None."""
+    given = [option for option in ("ablate", "sweep") if option in cfg.explicit]  # --ablate= too: an error later
+    if not given:
+        return None
+    option = f"--{given[0]}"
+    if len(given) > 1:
+        raise UserError("--ablate and --sweep together: one kind of variant at a time (run two comparisons)")
+    if cfg.rope_variants:
+        raise UserError(f"{option} and --rope_variants together: one kind of variant at a time (run two comparisons)")
+    if not cfg.run:
+        raise UserError(f"{option} trains variants of a config: add --run and give one config file")
+    if len(paths) != 1:
+        raise UserError(f"{option} varies one config; give one config file, not {len(paths)}")
+    return given[0]
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     paths = [a for a in argv if not a.startswith("-")]  # run folders, metrics files or (--run) configs
     cfg = load_settings(SETTINGS, [a for a in argv if a.startswith("-")],
                         description=__doc__.strip().splitlines()[0], allow_config_file=False)
+    variants = variant_option(cfg, paths)
     if not paths:
         raise UserError("give the runs to compare (folders or metrics.jsonl files; with --chart also console logs), "
                         "or --run and config files")
@@ -658,10 +902,20 @@ def main(argv=None):
     if cfg.chart:
         return chart(paths, cfg)
     plot = cfg.plot or os.path.join(cfg.out_root, "compare.png")
-    if plot.lower() != "none":
+    drawing = plot.lower() != "none"
+    if drawing:
         check_plot_path(plot)
+        if variants == "sweep":
+            check_plot_path(sweep_plot_path(plot))
+    changed, swept = {}, None  # {run name: what it changed}, (key, values) of a sweep
     if cfg.run:
-        groups = train_runs(paths, cfg)
+        train_args = checked_train_args(cfg.train_args)
+        if variants:
+            make_plan = ablation_plan if variants == "ablate" else sweep_plan
+            plan, changed, swept = make_plan(paths[0], getattr(cfg, variants), train_args)
+        else:
+            plan = planned_runs(paths, cfg.rope_variants, train_args)
+        groups = train_runs(plan, cfg, train_args)
     else:
         if cfg.rope_variants or cfg.max_iters or cfg.train_args or cfg.seeds != 1:
             raise UserError("--rope_variants, --max_iters, --train_args and --seeds only apply with --run")
@@ -673,21 +927,19 @@ def main(argv=None):
     grouped_rows = [(name, [summarize(f"{name}/{os.path.basename(os.path.normpath(f))}" if len(folders) > 1 else name,
                                       read_metrics(f)) for f in folders]) for name, folders in groups]
     rows = [r for _, group_rows in grouped_rows for r in group_rows]
+    for name, group_rows in grouped_rows:
+        for r in group_rows:
+            r["changed"] = changed.get(name)  # what the run of --ablate or --sweep changed
     if len(rows) < 2:
         raise UserError("a comparison needs two or more runs")
     print()
     print_table(rows)
     if multi:
         print_seed_summary(grouped_rows)
-    if plot.lower() != "none":
-        try:
-            if multi:
-                plot_bands(grouped_rows, plot)
-            else:
-                plot_curves(rows, plot)
-        except OSError as e:  # no permission, a full disk
-            raise write_error(plot, e, "run again") from None
-        print(f"wrote {plot}")
+    if drawing:
+        write_plot(plot, lambda path: plot_bands(grouped_rows, path) if multi else plot_curves(rows, path))
+        if swept:
+            write_plot(sweep_plot_path(plot), lambda path: save_chart(figure_sweep(*swept, grouped_rows), path))
     return rows
 
 

@@ -11,7 +11,12 @@ clear error, and --run --seeds=2 training every config with seeds seed and seed+
 loss chart (--chart): its three panels (linear with the best and final val loss, log scale, the
 final region) and the reference line from metrics.jsonl and from a console log in the original's
 format, through the real command line; an unreadable log, a log without loss lines and bad
---zoom/--reference_loss values as one error line (exit 2, no traceback)."""
+--zoom/--reference_loss values as one error line (exit 2, no traceback). One setting at a time,
+through the real command line: --ablate trains the config and a variant per switch whose ckpt.pt
+differs from the base's in that switch alone (and out_dir), reported with the changed column and
+paired differences; --sweep trains a run per value, the first the reference, and writes the
+sweep figure (numeric, logarithmic or categorical axis, checked in-process); every bad --ablate
+or --sweep input is one error line, exit 2, before anything trains."""
 
 import json
 import math
@@ -406,3 +411,147 @@ def test_chart_bad_inputs_are_one_error_line(tmp_path):
         assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
         assert r.stderr.startswith("error: ") and phrase in r.stderr, (args, r.stderr)
     assert sorted(os.listdir(tmp_path)) == ["afile", "good.log", "noise.log"]  # nothing written
+
+
+# ---------------------------------------------------------------------------------------
+# one setting at a time: --ablate and --sweep
+
+# what compare_bio.py itself sets apart per run besides the varied setting (and seed, which
+# the same-seed pairs below share): each run's own folder
+BOOKKEEPING = {"out_dir"}
+
+
+def changed_settings(run_a, run_b):
+    """The train_config keys whose values differ between two runs' ckpt.pt, and the model
+    config keys likewise."""
+    from wigglegpt.checkpoint import load_checkpoint
+
+    a, b = load_checkpoint(str(run_a / "ckpt.pt")), load_checkpoint(str(run_b / "ckpt.pt"))
+    train = {k for k in a["train_config"].keys() | b["train_config"].keys()
+             if a["train_config"].get(k) != b["train_config"].get(k)}
+    model = {k for k in a["config"].keys() | b["config"].keys() if a["config"].get(k) != b["config"].get(k)}
+    return train, model, a["train_config"], b["train_config"]
+
+
+def final_val_loss(run):
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "eval"][-1]["val_loss"]
+
+
+def test_ablation_trains_one_switch_flipped_per_run(tmp_path):
+    config = tiny_configs(tmp_path, data_seed=2)[0]  # tiny_bio: oscillating MLP, RMSNorm, RoPE
+    out_root = tmp_path / "runs"
+    r = compare_command("--run", config, "--ablate=use_bio_mlp", "--seeds=2", "--seed=5", "--max_iters=2",
+                        f"--out_root={out_root}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    variant = "tiny_bio-use_bio_mlp=False"
+    assert sorted(os.listdir(out_root)) == sorted(["compare.png", "tiny_bio", variant])
+    for seed in (5, 6):
+        base_run, variant_run = out_root / "tiny_bio" / f"seed{seed}", out_root / variant / f"seed{seed}"
+        train, model, base, other = changed_settings(base_run, variant_run)
+        assert train == {"use_bio_mlp"} | BOOKKEEPING and model == {"use_bio_mlp"}
+        assert (base["use_bio_mlp"], other["use_bio_mlp"]) == (True, False)
+        assert base["seed"] == other["seed"] == seed and base["max_iters"] == other["max_iters"] == 2
+    lines = r.stdout.splitlines()
+    assert next(line for line in lines if line.startswith("run ")).split()[:2] == ["run", "changed"]
+    assert next(line for line in lines if line.startswith("tiny_bio/seed5 ")).split()[1:3] == ["none", "(base)"]
+    assert "use_bio_mlp: True -> False" in next(line for line in lines if line.startswith(f"{variant}/seed6 "))
+    summary = next(line for line in lines if line.startswith(f"{variant} ") and "+-" in line)
+    assert "use_bio_mlp: True -> False" in summary and "(n=2)" in summary
+    diffs = [final_val_loss(out_root / variant / f"seed{s}") - final_val_loss(out_root / "tiny_bio" / f"seed{s}")
+             for s in (5, 6)]
+    half = compare_bio.t_quantile(0.975, 1) * statistics.stdev(diffs) / math.sqrt(2)
+    paired = next(line for line in lines if line.startswith(f"  {variant} val loss: "))
+    assert f"mean {statistics.mean(diffs):+.4f}, 95% CI [{statistics.mean(diffs) - half:+.4f}, " \
+           f"{statistics.mean(diffs) + half:+.4f}], df=1" in paired
+    assert "paired differences to tiny_bio " in r.stdout
+
+
+def test_sweep_trains_one_run_per_value_and_plots_them(tmp_path):
+    config = tiny_configs(tmp_path, data_seed=3)[1]  # tiny_gelu, n_layer = 1
+    out_root, plot = tmp_path / "runs", tmp_path / "plots" / "layers.png"
+    r = compare_command("--run", config, "--sweep=n_layer=2,1", "--max_iters=2", f"--out_root={out_root}",
+                        f"--plot={plot}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("tiny_gelu-")]
+    assert [row.split()[0] for row in rows] == ["tiny_gelu-n_layer=2", "tiny_gelu-n_layer=1"]  # the reference first
+    assert "n_layer: 1 -> 2" in rows[0] and "n_layer: 1 (as the config)" in rows[1]
+    params = [int(row.split()[-7].replace(",", "")) for row in rows]  # the column after "changed"
+    assert params[0] > params[1]  # two blocks, then one
+    train, model, reference, other = changed_settings(out_root / "tiny_gelu-n_layer=2", out_root / "tiny_gelu-n_layer=1")
+    assert train == {"n_layer"} | BOOKKEEPING and model == {"n_layer"}
+    assert (reference["n_layer"], other["n_layer"]) == (2, 1)
+    for path in (plot, tmp_path / "plots" / "layers-sweep.png"):
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        assert f"wrote {path}" in r.stdout
+
+
+def sweep_groups(finals):
+    """[(name, rows)] as main() reads them, from {name: {seed: final val loss}}."""
+    return [(name, [dict(seed=s, final_val_loss=v, final_val_bpb=None, hellaswag_acc_norm=None)
+                    for s, v in by_seed.items()]) for name, by_seed in finals.items()]
+
+
+def test_sweep_figure_axes():
+    import matplotlib.pyplot as plt
+
+    groups = sweep_groups({"a": {1: 3.0, 2: 3.2}, "b": {1: 2.9, 2: 2.95}, "c": {1: 2.8, 2: 2.9}})
+    cases = [("n_layer", [2, 4, 8], "linear", [2.0, 4.0, 8.0], ["2", "4", "8"]),
+             ("learning_rate", [1e-4, 1e-3, 1e-2], "log", [1e-4, 1e-3, 1e-2], ["0.0001", "0.001", "0.01"]),
+             ("lr_schedule", ["cosine", "wsd", "constant"], "linear", [0, 1, 2], ["cosine", "wsd", "constant"])]
+    for key, values, scale, ticks, labels in cases:
+        fig = compare_bio.figure_sweep(key, values, groups)
+        try:
+            ax = fig.axes[0]
+            assert ax.get_xscale() == scale and ax.get_xlabel() == key
+            assert list(ax.get_xticks()) == pytest.approx(ticks)
+            assert [t.get_text() for t in ax.get_xticklabels()] == labels
+            means = ax.containers[0].lines[0]  # the errorbar's data line: the means over seeds
+            assert list(means.get_xdata()) == pytest.approx(ticks)
+            assert list(means.get_ydata()) == pytest.approx([3.1, 2.925, 2.85])
+        finally:
+            plt.close(fig)
+    assert compare_bio.sweep_plot_path(os.path.join("out", "cmp.png")) == os.path.join("out", "cmp-sweep.png")
+    assert compare_bio.split_values("(0.9,0.95), (0.9,0.99)") == ["(0.9,0.95)", "(0.9,0.99)"]
+    assert compare_bio.split_values("'a,b',c") == ["'a,b'", "c"]
+
+
+def test_ablate_and_sweep_bad_inputs_are_one_line_and_train_nothing(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    config, other = tiny_configs(tmp_path, data_seed=4)
+    original = tmp_path / "v2_style.py"  # bio_threshold and no gate setting: train_bio.py derives the v2 gate
+    original.write_text(open(config).read() + "bio_threshold = 0.3\n")
+    out_root = tmp_path / "runs"
+    cases = [(["--run", config, "--ablate=n_layer"], "n_layer is not one (its default is 12); try --sweep=n_layer="),
+             (["--run", config, "--ablate=use_bio_mpl"], "unknown setting 'use_bio_mpl' of train_bio.py; did you mean "
+                                                         "'use_bio_mlp'"),
+             (["--run", config, "--sweep=n_layr=1,2"], "unknown setting 'n_layr' of train_bio.py; did you mean 'n_layer'"),
+             (["--run", config, "--sweep=n_layer=2,x"], "n_layer='x' in --sweep=n_layer=2,x should be an int"),
+             (["--run", config, "--sweep=learning_rate=1e-3,0.001"], "gives learning_rate=0.001 twice"),
+             (["--run", config, "--ablate=seed"], "seed is set by compare_bio.py itself"),
+             (["--run", str(original), "--ablate=use_sparse_gate"],
+              "would change sparse_gate_kind, use_sparse_gate, not use_sparse_gate alone"),
+             (["--run", config, "--ablate="], "--ablate is empty"),
+             (["--run", config, "--sweep=n_layer="], "--sweep=n_layer is empty"),
+             (["--run", config, "--sweep=n_layer=1,,2"], "has an empty item"),
+             (["--run", config, "--ablate=use_rope,use_rope"], "names use_rope twice"),
+             (["--run", config, "--sweep=n_layer=2,4,2"], "names 2 twice"),
+             (["--run", config, "--sweep=n_layer=2"], "has one value"),
+             (["--run", config, "--sweep=n_layer"], "--sweep takes KEY=V1,V2,..."),
+             (["--run", config, "--sweep=n_layer=1,2", "--train_args=--n_layer=3"], "--train_args sets n_layer"),
+             (["--run", config, "--ablate=use_rope", "--sweep=n_layer=1,2"], "--ablate and --sweep together"),
+             (["--run", config, "--ablate=use_rope", "--rope_variants"], "--ablate and --rope_variants together"),
+             (["--run", config, other, "--ablate=use_rope"], "--ablate varies one config; give one config file, not 2"),
+             (["--run", config, other, "--sweep=n_layer=1,2"], "--sweep varies one config; give one config file, not 2"),
+             ([config, "--ablate=use_rope"], "--ablate trains variants of a config: add --run"),
+             ([config, "--sweep=n_layer=1,2"], "--sweep trains variants of a config: add --run")]
+    with ThreadPoolExecutor(max_workers=4) as pool:  # a few at a time: each that lists the settings imports torch
+        results = list(pool.map(lambda case: compare_command(*case[0], f"--out_root={out_root}"), cases))
+    for (args, phrase), r in zip(cases, results):
+        assert r.returncode == 2, (args, r.stdout[-500:], r.stderr)
+        assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert r.stderr.startswith("error: ") and phrase in r.stderr, (args, r.stderr)
+        assert "===" not in r.stdout, args  # no training started
+    assert not out_root.exists()

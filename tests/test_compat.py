@@ -288,10 +288,14 @@ def test_v1_config_is_refused_pointing_at_the_v2_config(demo_data):
 
 
 def test_this_projects_gate_settings_and_fine_tuning_are_left_as_given():
-    for given in (dict(bio_threshold=0.3, use_sparse_gate=False), dict(bio_threshold=0.3, use_bio_mlp=False),
-                  dict(bio_threshold=0.3, init_from="resume"), dict(use_rmsnorm=False)):
+    for given in (dict(bio_threshold=0.3, use_sparse_gate=False, beta2=0.95), dict(bio_threshold=0.3),
+                  dict(bio_threshold=0.3, use_bio_mlp=False, beta1=0.9), dict(bio_threshold=0.3, init_from="resume",
+                                                                              beta1=0.9), dict(use_rmsnorm=False)):
         s = train_bio.as_settings(given)
         assert compat.original_architecture(s, s.explicit)[0] == {}, given
+    s = train_bio.as_settings(dict(bio_threshold=0.3))  # this project's own settings: said, not changed
+    assert compat.original_architecture(s, s.explicit)[1] == ["bio_threshold has no effect without a sparse gate "
+                                                              "(use_sparse_gate=True)"]
 
 
 def test_wsd_with_stable_iters_zero_is_the_originals_cosine():

@@ -1,5 +1,6 @@
-"""Protects wigglegpt/settings.py: defaults < config file < --key=value, literal parsing, and the
-one-line errors for unknown keys (with the closest names), wrong types and missing files."""
+"""Protects wigglegpt/settings.py: defaults < config file < --key=value, literal parsing, the
+one-line errors for unknown keys (with the closest names), wrong types and missing files, and
+--help=json, the table another script reads back exactly (tuples, None and the extra literals)."""
 
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import pytest
 
 from wigglegpt.common import UserError, pick_device, pick_dtype
-from wigglegpt.settings import load_settings
+from wigglegpt.settings import load_settings, settings_from_json
 
 SETTINGS = {
     "learning_rate": (6e-4, "peak learning rate"),
@@ -83,3 +84,14 @@ def test_run_main_prints_one_line_and_exits_2(tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env)
     assert result.returncode == 2
     assert result.stderr == "error: something is wrong\n"
+
+
+def test_help_json_gives_the_table_back_exactly(capsys):
+    table = {**SETTINGS, "top_k": (200, "sample from the k likeliest tokens", None),
+             "compile_choice": ("auto", "'auto', True or False", True, False)}
+    with pytest.raises(SystemExit) as exit_info:
+        load_settings(table, ["missing_config.py", "--help=json"])  # listed before anything is read
+    assert exit_info.value.code == 0
+    read_back = settings_from_json(capsys.readouterr().out)
+    assert read_back == table and list(read_back) == list(table)
+    assert read_back["betas"][0] == (0.9, 0.95) and read_back["wandb_run_name"][0] is None

@@ -46,14 +46,18 @@ def original_architecture(cfg, explicit):
     """What an original WiggleGPT config trained, where this project's defaults would build another
     model: ({setting: value} to derive beside the settings as given, [notes to print]).
 
-    bio_threshold set and no gate setting: the original v2 (and optimizations/) model, whose
-    oscillating MLP always ended in the event-layer gate, with LayerNorm and a learned position
-    table unless the config sets use_rmsnorm / use_rope. explicit: the settings a config file or
-    the command line gave. Fine-tuning and resuming take the checkpoint's architecture instead."""
+    bio_threshold set, no gate setting, and the original's names beta1/beta2 (what its v2 and
+    optimizations/ configs hold): its v2 model, whose oscillating MLP always ended in the
+    event-layer gate, with LayerNorm and a learned position table unless the config sets
+    use_rmsnorm / use_rope. explicit: the settings a config file or the command line gave.
+    Fine-tuning and resuming take the checkpoint's architecture instead."""
     derived, notes = {}, []
     if cfg.init_from != "scratch" or not cfg.use_bio_mlp:
         return derived, notes
-    if "bio_threshold" in explicit and not explicit & {"use_sparse_gate", "sparse_gate_kind"}:
+    gate_given = explicit & {"use_sparse_gate", "sparse_gate_kind"}
+    if "bio_threshold" in explicit and not gate_given and not explicit & {"beta1", "beta2"}:
+        notes.append("bio_threshold has no effect without a sparse gate (use_sparse_gate=True)")
+    elif "bio_threshold" in explicit and not gate_given:
         derived = {"use_sparse_gate": True, "sparse_gate_kind": "event_layer",
                    **{key: False for key in ("use_rmsnorm", "use_rope") if key not in explicit}}
         notes.append("an original WiggleGPT config with bio_threshold and no gate setting (v2, optimizations/): "

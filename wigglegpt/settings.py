@@ -2,13 +2,15 @@
 Settings for every script: defaults, then a config file, then --key=value overrides.
 
 Each script declares its settings as {name: (default, "one-line meaning")}, optionally followed
-by literal values the setting also takes, and reads them with load_settings (--help lists them).
+by literal values the setting also takes, and reads them with load_settings (--help lists them;
+--help=json prints the table for other scripts, read back with settings_from_json).
 Config files are checked like the overrides, so a typo is an error that names the closest key.
 The one-line error for bad input and the choice of device and dtype are in wigglegpt/common.py.
 """
 
 import ast
 import difflib
+import json
 import os
 import sys
 import types
@@ -98,6 +100,19 @@ def help_text(settings, description):
     return "\n".join(lines)
 
 
+def settings_json(settings):
+    """The table as JSON for another script (no script imports another): {name: [default, meaning,
+    also...]} with the values as repr() text, so tuples and None survive; settings_from_json reads it."""
+    return json.dumps({key: [repr(default), meaning, *map(repr, also)]
+                       for key, (default, meaning, *also) in settings.items()})
+
+
+def settings_from_json(text):
+    """The {name: (default, meaning, *also)} table that settings_json wrote."""
+    return {key: (ast.literal_eval(default), meaning, *map(ast.literal_eval, also))
+            for key, (default, meaning, *also) in json.loads(text).items()}
+
+
 def default_values(settings):
     return {key: entry[0] for key, entry in settings.items()}
 
@@ -143,6 +158,9 @@ def load_settings(settings, argv=None, description="", allow_config_file=True, h
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         print(help_text(settings, description))
+        sys.exit(0)
+    if "--help=json" in argv:
+        print(settings_json(settings))
         sys.exit(0)
     values, explicit = default_values(settings), set()
     for arg in argv:
