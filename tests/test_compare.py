@@ -30,6 +30,7 @@ import pytest
 
 import compare_bio
 from conftest import ROOT
+from wigglegpt import stats
 from wigglegpt.common import UserError
 
 
@@ -225,20 +226,20 @@ def test_run_trains_two_configs(tmp_path):
 def test_t_quantile_matches_tables():
     # two-sided 95% (p = 0.975) values of any t table, and the Cauchy case df=1 exactly
     for df, expected in [(2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (30, 2.042)]:
-        assert compare_bio.t_quantile(0.975, df) == pytest.approx(expected, abs=5e-4)
-    assert compare_bio.t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)
-    assert compare_bio.t_quantile(0.995, 4) == pytest.approx(4.604, abs=5e-4)
-    assert compare_bio.t_quantile(0.5, 7) == pytest.approx(0.0, abs=1e-9)
-    assert compare_bio.t_quantile(0.975, 1000) == pytest.approx(1.962, abs=1e-3)  # toward the normal 1.960
+        assert stats.t_quantile(0.975, df) == pytest.approx(expected, abs=5e-4)
+    assert stats.t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-9)
+    assert stats.t_quantile(0.995, 4) == pytest.approx(4.604, abs=5e-4)
+    assert stats.t_quantile(0.5, 7) == pytest.approx(0.0, abs=1e-9)
+    assert stats.t_quantile(0.975, 1000) == pytest.approx(1.962, abs=1e-3)  # toward the normal 1.960
     with pytest.raises(ValueError):
-        compare_bio.t_quantile(0.975, 0)
+        stats.t_quantile(0.975, 0)
 
 
 def test_mean_std_and_paired_difference_against_direct_computation():
     values = [3.1, 3.4, 2.9, 3.3]
-    mean, sd = compare_bio.mean_std(values)
+    mean, sd = stats.mean_std(values)
     assert mean == pytest.approx(statistics.mean(values)) and sd == pytest.approx(statistics.stdev(values))
-    assert compare_bio.mean_std([2.5]) == (2.5, None)
+    assert stats.mean_std([2.5]) == (2.5, None)
     base = {1: 3.00, 2: 3.10, 3: 2.95, 9: 1.0}
     other = {1: 3.05, 2: 3.12, 3: 3.05, 4: 7.0}  # seeds 4 and 9 have no partner: left out
     pair = compare_bio.paired_difference(base, other)
@@ -460,7 +461,7 @@ def test_ablation_trains_one_switch_flipped_per_run(tmp_path):
     assert "use_bio_mlp: True -> False" in summary and "(n=2)" in summary
     diffs = [final_val_loss(out_root / variant / f"seed{s}") - final_val_loss(out_root / "tiny_bio" / f"seed{s}")
              for s in (5, 6)]
-    half = compare_bio.t_quantile(0.975, 1) * statistics.stdev(diffs) / math.sqrt(2)
+    half = stats.t_quantile(0.975, 1) * statistics.stdev(diffs) / math.sqrt(2)
     paired = next(line for line in lines if line.startswith(f"  {variant} val loss: "))
     assert f"mean {statistics.mean(diffs):+.4f}, 95% CI [{statistics.mean(diffs) - half:+.4f}, " \
            f"{statistics.mean(diffs) + half:+.4f}], df=1" in paired

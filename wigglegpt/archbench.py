@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 
 from model_bio import OscillatingActivation
+from wigglegpt.stats import mean_std, paired_difference
 
 # the original's benchmark settings (its main(): hidden_size=32, num_layers=2, max_epochs=1000)
 HIDDEN = 32
@@ -375,59 +376,14 @@ def run_suite(tasks, kinds, seeds, epochs=EPOCHS, progress=None):
 # ---------------------------------------------------------------------------------------
 # statistics over seeds
 
-def mean_std(values):
-    """(mean, sample standard deviation with n - 1); the std is None for one value."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def t_two_sided(t, df):
-    """P(|T| <= t) for Student's t with a whole df >= 1, exactly: with a = atan(t / sqrt(df)),
-    the finite series of Abramowitz & Stegun 26.7.3 (odd df) and 26.7.4 (even df) in cos(a)^2."""
-    a = math.atan(t / math.sqrt(df))
-    c2 = math.cos(a) ** 2
-    if df % 2 == 0:  # sin(a) * (1 + 1/2 c2 + 1*3/(2*4) c2^2 + ...), df/2 terms
-        term = series = 1.0
-        for j in range(1, df // 2):
-            term *= c2 * (2 * j - 1) / (2 * j)
-            series += term
-        return math.sin(a) * series
-    if df == 1:
-        return 2.0 * a / math.pi
-    term = series = 1.0  # 2/pi * (a + sin(a) cos(a) * (1 + 2/3 c2 + 2*4/(3*5) c2^2 + ...)), (df-1)/2 terms
-    for j in range(1, (df - 1) // 2):
-        term *= c2 * (2 * j) / (2 * j + 1)
-        series += term
-    return 2.0 / math.pi * (a + math.sin(a) * math.cos(a) * series)
-
-
-def t_quantile(p, df):
-    """The p quantile of Student's t (0.5 <= p < 1, whole df >= 1), by bisection on t_two_sided."""
-    if not 0.5 <= p < 1.0 or df < 1 or df != int(df):
-        raise ValueError(f"t_quantile needs 0.5 <= p < 1 and a whole df >= 1, got p={p}, df={df}")
-    want, lo, hi = 2.0 * p - 1.0, 0.0, 1.0
-    while t_two_sided(hi, int(df)) < want:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if t_two_sided(mid, int(df)) < want else (lo, mid)
-        if hi - lo <= 1e-12 * hi:
-            break
-    return 0.5 * (lo + hi)
-
-
 def paired_ci(values, base, level=0.95):
-    """Mean of the paired differences values[i] - base[i] and its Student t confidence interval,
-    mean -/+ t(1/2 + level/2, n - 1) * sd / sqrt(n): (mean, low, high), low and high None for n < 2."""
+    """Mean of the paired differences values[i] - base[i] and its Student t confidence interval
+    (wigglegpt.stats.paired_difference over the seeds in order): (mean, low, high), low and high
+    None for n < 2."""
     if len(values) != len(base) or not values:
         raise ValueError(f"paired_ci needs two equally long non-empty lists, got {len(values)} and {len(base)}")
-    mean, sd = mean_std([v - b for v, b in zip(values, base)])
-    if sd is None:
-        return mean, None, None
-    half = t_quantile(0.5 + level / 2.0, len(values) - 1) * sd / math.sqrt(len(values))
-    return mean, mean - half, mean + half
+    d = paired_difference(dict(enumerate(base)), dict(enumerate(values)), level)
+    return d["mean"], d["low"], d["high"]
 
 
 def summarize(result, base=None):
