@@ -125,7 +125,7 @@ def main(argv=None):
         raise UserError("--api_key protects the web chat's APIs; use it with --web")
     dtype = pick_dtype(cfg.dtype, device)
     model, path = load_for_inference(model_source(cfg.ckpt, cfg.init_from), cfg.out_dir, device,
-                                     needs_tokenizer="sampling", revision=cfg.revision)
+                                     needs_tokenizer="chat", revision=cfg.revision)  # --web too: refused here
     original = cfg.preset == "original"
     chat = Chat(model, system=cfg.system,
                 max_new_tokens=reply_budget(cfg.max_new_tokens, model.config.block_size, original),

@@ -7,16 +7,18 @@ Evaluate a model: validation loss and bits per byte, and HellaSwag accuracy.
 
 --tasks (comma separated): val, hellaswag. Results print as a table; --out=FILE appends one
 JSON line per task and metric. The scoring is wigglegpt.evaluate's; its definitions are in
-README.md, "Evaluation".
+README.md, "Evaluation". A character-level model (data with meta.pkl) has val only, its bits
+per byte counted over the UTF-8 bytes of its characters.
 """
 
 import json
 import os
 import time
 
-from wigglegpt import dataprep
+from wigglegpt import chardata
+from wigglegpt.data import ensure_demo
 from wigglegpt.evaluate import load_hellaswag, score_hellaswag, val_loss_bpb
-from wigglegpt.loader import REVISION_MEANING, load_for_inference, model_source
+from wigglegpt.loader import REVISION_MEANING, load_with_vocab, model_source, require_gpt2
 from wigglegpt.common import UserError, autocast_for, pick_device, pick_dtype, run_main, write_error
 from wigglegpt.settings import load_settings
 
@@ -65,18 +67,19 @@ def check(cfg):
         raise UserError(f"--out={cfg.out} is a folder; give a file to append the results to")
 
 
-def run_tasks(cfg, tasks, model, device, autocast):
-    """[(task, metric, value, n)] for the tasks, in order."""
+def run_tasks(cfg, tasks, model, device, autocast, vocab=None, name="the model"):
+    """[(task, metric, value, n)] for the tasks, in order. vocab: a character-level model's
+    (chardata.CharVocab; None: GPT-2 BPE), name: where the model came from."""
     results = []
     for task in tasks:
         if task == "val":
             folder = os.path.join(cfg.data_root, cfg.dataset)
-            if cfg.dataset == "shakespeare":
-                dataprep.ensure_demo_data(folder)  # the offline demo corpus is built on first use
+            ensure_demo(folder, cfg.dataset)  # an offline demo corpus is built on first use
             if not os.path.isdir(folder):
                 raise UserError(f"data folder not found: {folder} (set --data_root / --dataset)")
+            chars = chardata.vocab_for(vocab, chardata.folder_vocab(folder), model.config.vocab_size, name, folder)
             r = val_loss_bpb(model, folder, cfg.eval_windows, cfg.eval_batch_size, cfg.block_size, cfg.seed,
-                             device, autocast)
+                             device, autocast, vocab=chars)
             results += [("val", "loss", r["loss"], r["n"]), ("val", "bpb", r["bpb"], r["n"])]
         else:
             rows = load_hellaswag(cfg.hellaswag_file, cfg.limit)
@@ -101,9 +104,11 @@ def main(argv=None):
     tasks = parse_tasks(cfg.tasks)
     device = pick_device(cfg.device)
     autocast = autocast_for(device, pick_dtype(cfg.dtype, device))
-    model, name = load_for_inference(model_source(cfg.ckpt, cfg.init_from, default=""), device=device,
-                                     revision=cfg.revision)
-    results = run_tasks(cfg, tasks, model, device, autocast)
+    model, name, vocab = load_with_vocab(model_source(cfg.ckpt, cfg.init_from, default=""), device=device,
+                                         revision=cfg.revision)
+    if vocab is not None and "hellaswag" in tasks:  # before any val work
+        require_gpt2(model, name, vocab, "HellaSwag")
+    results = run_tasks(cfg, tasks, model, device, autocast, vocab, name)
     print_table(name, results)
     if cfg.out:
         now = time.time()

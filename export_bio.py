@@ -17,10 +17,10 @@ import os
 import sys
 import time
 
-from wigglegpt import compat, export
+from wigglegpt import chardata, compat, export
 from wigglegpt.checkpoint import save_checkpoint
 from wigglegpt.common import UserError, run_main
-from wigglegpt.loader import REVISION_MEANING, load_model_from, model_source
+from wigglegpt.loader import REVISION_MEANING, load_model_from, model_source, require_gpt2
 from wigglegpt.settings import load_settings
 from wigglegpt.tokenizer import VOCAB_SIZE
 
@@ -55,6 +55,9 @@ def main(argv=None):
     hub = export.hub_for_push(cfg.push) if cfg.push else None
     started = time.time()
     model, ckpt, source = load_model_from(source, device="cpu", revision=cfg.revision, dropout=0.0)
+    vocab = chardata.checkpoint_vocab(ckpt, source)
+    if vocab is not None:  # both formats carry GPT-2 BPE: the folder its tokenizer, the original's scripts read it
+        require_gpt2(model, source, vocab, "export")
     if model.config.vocab_size < VOCAB_SIZE:
         print(f"warning: {source} has vocab_size {model.config.vocab_size}, fewer than the GPT-2 tokenizer's "
               f"{VOCAB_SIZE} ids written beside it", file=sys.stderr)

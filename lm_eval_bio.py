@@ -100,7 +100,7 @@ def model_class():
             if self.batch_size <= 0:
                 raise UserError(f"batch_size must be positive, got {self.batch_size}")
             self.model, self.name = load_for_inference(model_source(ckpt, init_from, default=""), device=self._device,
-                                                       revision=revision)
+                                                       needs_tokenizer="lm-evaluation-harness", revision=revision)
             self.block_size = self.model.config.block_size
 
         @property

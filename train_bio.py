@@ -25,10 +25,10 @@ import torch
 from tqdm import tqdm
 
 from model_bio import GPT, GPTConfig
-from wigglegpt import checkpoint, compat, evaluate, gpu, loader, metrics, optim
+from wigglegpt import chardata, checkpoint, compat, evaluate, gpu, loader, metrics, optim
 from wigglegpt.common import StopSignals, UserError, autocast_for, pick_dtype, run_main, write_error
 from wigglegpt.compat import ORIGINAL_ONLY
-from wigglegpt.data import SPLITS, Data, eval_seed, open_data, sampler_seed
+from wigglegpt.data import SPLITS, Data, dataset_folder, eval_seed, sampler_seed
 from wigglegpt.distributed import Dist, all_reduce_mean, data_parallel, print0, setup_distributed, shutdown
 from wigglegpt.settings import Settings, apply_settings, default_values, load_settings
 
@@ -53,7 +53,8 @@ SETTINGS = {
     "overwrite": (False, "let a new run replace the checkpoint already in out_dir (otherwise that is an error)"),
     # data
     "data_root": ("data", "folder that holds the dataset folders"),
-    "dataset": ("openwebtext", "dataset folder under data_root with train.bin and val.bin (+ *_mask.bin for SFT)"),
+    "dataset": ("openwebtext", "dataset folder under data_root with train.bin and val.bin (+ *_mask.bin for SFT; "
+                               "+ meta.pkl: nanoGPT's character-level data, vocab_size from it)"),
     "gradient_accumulation_steps": (40, "micro-batches per optimizer step, summed over all processes"),
     "batch_size": (12, "sequences per micro-batch and process; 'auto': the largest that fits in memory, "
                        "with gradient_accumulation_steps chosen to keep tokens_per_iter", "auto"),
@@ -77,7 +78,8 @@ SETTINGS = {
     "use_sparse_gate": (False, "soft spike gate in the MLP (logs the share of units that fire)"),
     "sparse_gate_kind": ("lightweight", "'lightweight' (weight + bias per hidden unit) or 'event_layer' (v2: two 4C x 4C matrices)"),
     "bio_threshold": (0.25, "firing threshold of the sparse gate"),
-    "vocab_size": (50304, "vocabulary size (GPT-2's 50257 padded to a multiple of 64)"),
+    "vocab_size": (50304, "vocabulary size (GPT-2's 50257 padded to a multiple of 64; character-level data: "
+                          "meta.pkl's unless given, and then at least that)"),
     # optimizer
     "learning_rate": (6e-4, "peak learning rate"),
     "max_iters": (600000, "optimizer steps to train for"),
@@ -288,11 +290,26 @@ class Run:
     hellaswag_rows: list = None  # loaded once when hellaswag_interval > 0
     steps_done: int = 0  # by this process: the first compiled one includes the compilation
     trainable: int = 0  # parameters the optimizer updates (fewer than all with freeze_layers)
+    vocab: chardata.CharVocab = None  # character-level data: meta.pkl's characters (checkpoints keep them)
 
 
-def build_model(given, device, dist):
+def meta_vocab_size(given, vocab, folder):
+    """{'vocab_size': meta.pkl's} for a new model on character-level data (vocab) unless vocab_size
+    was given, which must then hold meta.pkl's ids (larger pads on purpose); {} for GPT-2 tokens."""
+    if vocab is None:
+        return {}
+    if "vocab_size" not in given.explicit:
+        return {"vocab_size": vocab.vocab_size}
+    if given.vocab_size < vocab.vocab_size:
+        raise UserError(f"vocab_size={given.vocab_size} is smaller than the vocab_size {vocab.vocab_size} of "
+                        f"{os.path.join(folder, chardata.META_NAME)}; leave vocab_size out to take meta.pkl's")
+    return {}
+
+
+def build_model(given, device, dist, vocab=None, folder=""):
     """(raw GPT on device, checkpoint to resume from or None, {architecture field: value} taken
-    from the checkpoint where it differs from the settings)."""
+    from the checkpoint where it differs from the settings). vocab: the data folder's characters
+    (None: GPT-2 tokens), which a checkpoint's own vocabulary must match."""
     if given.init_from == "scratch":
         return GPT(model_config_from(given)).to(device), None, {}
     # resume, fine-tune from a checkpoint, or from GPT-2 (a name or a save_pretrained folder)
@@ -310,6 +327,7 @@ def build_model(given, device, dist):
     if given.block_size > model.config.block_size:
         raise UserError(f"block_size={given.block_size} is larger than the block_size {model.config.block_size} of "
                         f"{source}; use --block_size={model.config.block_size} or less")
+    chardata.vocab_for(chardata.checkpoint_vocab(ckpt, source), vocab, model.config.vocab_size, source, folder)
     if given.init_from == "resume":
         for key in ("optimizer", "iter_num"):
             if key not in ckpt:
@@ -342,14 +360,21 @@ def setup_run(given, dist, device):
     for note in notes:
         print0(dist, f"note: {note}")
     derived.update(original)
-    raw_model, ckpt, arch = build_model(types.SimpleNamespace(**{**vars(given), **derived}), device, dist)
+    folder = dataset_folder(given.data_root, given.dataset, dist)  # a demo corpus is built on first use
+    vocab = chardata.folder_vocab(folder)  # meta.pkl: character ids, not GPT-2 tokens
+    if given.init_from == "scratch":  # a checkpoint brings its own vocab_size
+        derived.update(meta_vocab_size(given, vocab, folder))
+    if vocab is not None and given.hellaswag_interval:
+        raise UserError(f"hellaswag_interval needs GPT-2 BPE, but {folder} is character-level data; leave it at 0")
+    raw_model, ckpt, arch = build_model(types.SimpleNamespace(**{**vars(given), **derived}), device, dist, vocab,
+                                        folder)
     derived.update(arch)
     saved = (ckpt.get("train_config") or {}, ckpt.get("sampler", {}).get("world_size")) if ckpt else None
     derived.update(gpu.plan_batch(raw_model, given.batch_size, given.gradient_accumulation_steps, given.tokens_per_iter,
                                   given.block_size, given.gradient_checkpointing, dtype, device, autocast, dist, saved))
     cfg = types.SimpleNamespace(**{**vars(given), **derived})  # the settings the run uses, computed once
 
-    data = open_data(cfg.data_root, cfg.dataset, cfg.batch_size, cfg.block_size, cfg.vocab_size, device, dist)
+    data = Data(folder, cfg.batch_size, cfg.block_size, cfg.vocab_size, device, vocab)
     trainable = optim.freeze_layers(raw_model, cfg.freeze_layers)[0]  # before the optimizer and DDP see the model
     optimizer = optim.make_optimizer(raw_model, cfg.optimizer_type, cfg.weight_decay, cfg.learning_rate, cfg.betas,
                                      device_type)
@@ -366,7 +391,7 @@ def setup_run(given, dist, device):
               accum=cfg.gradient_accumulation_steps // dist.world,
               peak_flops=gpu.resolve_peak_flops(cfg.peak_flops, device)[0], compiled=compiled,
               activation=gpu.activation_choice(raw_model.config, device_type),
-              report=metrics.Reporter(cfg.out_dir, dist.master), trainable=trainable)
+              report=metrics.Reporter(cfg.out_dir, dist.master), trainable=trainable, vocab=vocab)
     if ckpt is not None:
         restore(run, ckpt)
     if cfg.hellaswag_interval and not cfg.eval_only:  # read now: a bad file fails before any training
@@ -414,6 +439,12 @@ def print_figures(run):
     train, val = run.data.splits["train"].n_tokens, run.data.splits["val"].n_tokens
     print0(dist, f"data: {run.data.folder}: train {train:,} tokens, val {val:,} tokens"
                  + ("; loss on assistant tokens only (masks found)" if run.data.masked else ""))
+    if run.vocab is not None:
+        origin = ("the checkpoint's" if cfg.init_from != "scratch" else
+                  "given" if "vocab_size" in run.given.explicit else "from meta.pkl")
+        meta = os.path.join(run.data.folder, chardata.META_NAME)
+        print0(dist, f"character-level data: {len(run.vocab):,} characters in {meta}; "
+                     f"vocab_size {config.vocab_size:,} ({origin})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -468,7 +499,7 @@ def estimate_loss(run):
     # graph first would double the start-up before the first iteration
     model = run.model if run.steps_done or not run.compiled else run.raw_model
     model.eval()
-    byte_table = evaluate.token_byte_table(run.raw_model.config.vocab_size, run.data.device)
+    byte_table = evaluate.token_byte_table(run.raw_model.config.vocab_size, run.data.device, run.vocab)
     out = {}
     for split in SPLITS:
         generator = torch.Generator().manual_seed(eval_seed(cfg.seed, dist.rank, split))
@@ -502,7 +533,8 @@ def save_latest(run, best):
     if not run.dist.master:
         return None
     ckpt = checkpoint.training_checkpoint(run.raw_model, run.optimizer, run.scaler, dict(vars(run.cfg)),
-                                          vars(run.state), rngs, run.dist)
+                                          vars(run.state), rngs, run.dist,
+                                          tokenizer=run.vocab.as_checkpoint() if run.vocab is not None else None)
     return checkpoint.save_training(run.cfg.out_dir, ckpt, best)
 
 

@@ -175,12 +175,15 @@ def load_weights(model, state, source, assign=False):
 # ---------------------------------------------------------------------------------------
 # training checkpoints: the latest and the best, and every random stream for an exact resume
 
-def training_checkpoint(model, optimizer, scaler, train_config, state, rngs, dist):
+def training_checkpoint(model, optimizer, scaler, train_config, state, rngs, dist, tokenizer=None):
     """What train_bio.py saves: the model, the optimizer and loss-scale state, the run's settings,
     its counters (state: iter_num, best_val_loss, tokens, last_eval_iter, last_hellaswag_iter,
-    wandb_run_id) and every process's random streams (rngs, one snapshot per rank)."""
+    wandb_run_id) and every process's random streams (rngs, one snapshot per rank). tokenizer: a
+    character-level run's vocabulary, {'kind': 'char', 'itos': [str, ...]} (chardata.CharVocab.
+    as_checkpoint), kept as 'tokenizer'; without it (GPT-2 tokens) the key is left out, as before."""
     return checkpoint_dict(
-        model, optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), train_config=train_config,
+        model, **({"tokenizer": tokenizer} if tokenizer is not None else {}),
+        optimizer=optimizer.state_dict(), scaler=scaler.state_dict(), train_config=train_config,
         iter_num=state["iter_num"], best_val_loss=float(state["best_val_loss"]), tokens=state["tokens"],
         last_eval_iter=state["last_eval_iter"], last_hellaswag_iter=state["last_hellaswag_iter"],
         rng={k: v for k, v in rngs[0].items() if k != "sampler"},

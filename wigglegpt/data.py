@@ -1,7 +1,8 @@
 """
 Token windows from the prepared uint16 bins, for training and evaluation alike: `split`.bin of
 GPT-2 token ids, plus `split`_mask.bin (uint8, 1 = an assistant token) for chat data, whose
-targets outside the assistant's replies become -1 (ignored by the loss).
+targets outside the assistant's replies become -1 (ignored by the loss). A folder with nanoGPT's
+meta.pkl holds character ids instead (wigglegpt/chardata.py).
 """
 
 import os
@@ -9,16 +10,18 @@ import os
 import numpy as np
 import torch
 
-from wigglegpt import dataprep
+from wigglegpt import chardata, dataprep
 from wigglegpt.common import UserError
 from wigglegpt.distributed import barrier
 
 SPLITS = ("train", "val")
-PREPARE = "prepare_openwebtext_streaming.py or prepare_smoltalk.py"
+PREPARE = "prepare_openwebtext_streaming.py, prepare_smoltalk.py or prepare_shakespeare_char.py"
+# the offline demo corpora, built on first use in seconds: Shakespeare as GPT-2 tokens and as characters
+DEMOS = {"shakespeare": dataprep.ensure_demo_data, "shakespeare_char": chardata.ensure_shakespeare_char}
 
 
 class TokenSplit:
-    """One split: `name`.bin of uint16 GPT-2 tokens, plus `name`_mask.bin (uint8) when masked."""
+    """One split: `name`.bin of uint16 token ids, plus `name`_mask.bin (uint8) when masked."""
 
     def __init__(self, folder, name, masked):
         self.path = os.path.join(folder, f"{name}.bin")
@@ -84,10 +87,11 @@ def open_split(folder, split="val"):
 
 
 class Data:
-    """Both splits of a dataset folder and the batch shapes drawn from them (training)."""
+    """Both splits of a dataset folder and the batch shapes drawn from them (training). vocab:
+    the folder's character vocabulary (chardata.CharVocab of its meta.pkl), None for GPT-2 tokens."""
 
-    def __init__(self, folder, batch_size, block_size, vocab_size, device):
-        self.folder = folder
+    def __init__(self, folder, batch_size, block_size, vocab_size, device, vocab=None):
+        self.folder, self.vocab = folder, vocab
         masks = [os.path.exists(os.path.join(folder, f"{split}_mask.bin")) for split in SPLITS]
         if any(masks) and not all(masks):
             raise UserError(f"{folder} has only one of train_mask.bin / val_mask.bin; prepare the data again")
@@ -100,6 +104,21 @@ class Data:
                 raise UserError(f"{part.path} has {part.n_tokens:,} tokens, fewer than one batch needs "
                                 f"(batch_size {batch_size} x block_size {block_size} + 1 = {need:,}); "
                                 "lower batch_size/block_size or use more data")
+        # the ids a batch may hold: the characters of meta.pkl, or the model's vocabulary
+        self.id_limit = len(vocab) if vocab is not None else vocab_size
+        if vocab is not None:  # a character corpus is small: every id is checked now (milliseconds)
+            for part in self.splits.values():
+                top = int(np.memmap(part.path, dtype=np.uint16, mode="r").max())
+                if top >= self.id_limit:
+                    raise self.id_error(part.path, top)
+
+    def id_error(self, path, top):
+        if self.vocab is not None:
+            return UserError(f"{path} holds token id {top:,} but {os.path.join(self.folder, chardata.META_NAME)} has "
+                             f"{len(self.vocab):,} characters (ids 0 .. {len(self.vocab) - 1:,}): its vocabulary does "
+                             "not cover the bins; prepare the data again")
+        return UserError(f"{path} holds token id {top:,} but the model's vocab_size is {self.vocab_size:,}; use a "
+                         "larger vocab_size")
 
     def check_vocab(self):
         """One batch of each split drawn with a generator of its own (the runs' streams untouched):
@@ -110,9 +129,8 @@ class Data:
     def batch(self, split, generator):
         x, y = self.splits[split].sample(self.batch_size, self.block_size, generator)
         top = max(int(x.max()), int(y.max()))
-        if top >= self.vocab_size:
-            raise UserError(f"{self.splits[split].path} holds token id {top:,} but the model's vocab_size is "
-                            f"{self.vocab_size:,}; use a larger vocab_size")
+        if top >= self.id_limit:
+            raise self.id_error(self.splits[split].path, top)
         if self.device.startswith("cuda"):
             # pinned memory lets the copy run asynchronously while the GPU works
             return (x.pin_memory().to(self.device, non_blocking=True),
@@ -120,18 +138,25 @@ class Data:
         return x.to(self.device), y.to(self.device)
 
 
-def open_data(data_root, dataset, batch_size, block_size, vocab_size, device, dist):
-    """The training Data of data_root/dataset; the Shakespeare demo corpus is built on first use."""
+def ensure_demo(folder, dataset):
+    """Build the offline demo corpus dataset names in folder on first use (seconds); others: nothing."""
+    if dataset in DEMOS:
+        DEMOS[dataset](folder)
+
+
+def dataset_folder(data_root, dataset, dist):
+    """data_root/dataset, holding train.bin and val.bin; a demo corpus is built on first use (by
+    rank 0, the others waiting)."""
     folder = os.path.join(data_root, dataset)
-    if dist.master and dataset == "shakespeare":
-        dataprep.ensure_demo_data(folder)  # seconds, offline
+    if dist.master:
+        ensure_demo(folder, dataset)
     barrier(dist)  # the others wait until rank 0 has the files
     if not os.path.isdir(folder):
         raise UserError(f"data folder not found: {folder} (prepare it with {PREPARE}, or set --data_root / --dataset)")
     for split in SPLITS:
         if not os.path.isfile(os.path.join(folder, f"{split}.bin")):
             raise UserError(f"{os.path.join(folder, split + '.bin')} is missing; prepare the data with {PREPARE}")
-    return Data(folder, batch_size, block_size, vocab_size, device)
+    return folder
 
 
 def sampler_seed(seed, rank):

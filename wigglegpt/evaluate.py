@@ -31,13 +31,17 @@ N_ENDINGS = 4
 _BYTE_TABLES = {}
 
 
-def token_byte_table(vocab_size, device="cpu"):
+def token_byte_table(vocab_size, device="cpu", vocab=None):
     """int64 tensor (vocab_size,): the UTF-8 byte length of each token id's text; 0 for
-    <|endoftext|> and for ids past the tokenizer's vocabulary (the model's padding ids)."""
-    key = (vocab_size, str(device))
+    <|endoftext|> and for ids past the tokenizer's vocabulary (the model's padding ids). vocab: a
+    character-level model's chardata.CharVocab (None: GPT-2 BPE), each id's text its character."""
+    key = (vocab_size, str(device), tuple(vocab.itos) if vocab is not None else None)
     if key not in _BYTE_TABLES:
-        enc = tokenizer.get_tokenizer()
-        lengths = [len(enc.decode_single_token_bytes(i)) if i < tokenizer.EOT else 0 for i in range(vocab_size)]
+        if vocab is not None:
+            lengths = (vocab.byte_lengths() + [0] * vocab_size)[:vocab_size]
+        else:
+            enc = tokenizer.get_tokenizer()
+            lengths = [len(enc.decode_single_token_bytes(i)) if i < tokenizer.EOT else 0 for i in range(vocab_size)]
         _BYTE_TABLES[key] = torch.tensor(lengths, dtype=torch.long, device=device)
     return _BYTE_TABLES[key]
 
@@ -89,9 +93,11 @@ def loss_sums(model, batches, byte_table, autocast=None, progress=None):
 
 
 def val_loss_bpb(model, folder, n_windows=100, batch_size=8, block_size=0, seed=0, device="cpu",
-                 autocast=None, split="val"):
+                 autocast=None, split="val", vocab=None):
     """Mean loss (nats per predicted token) and bits per byte of model over n_windows fixed
-    windows of block_size tokens (0: the model's). Returns dict(loss, bpb, n, tokens, bytes)."""
+    windows of block_size tokens (0: the model's). vocab: the characters of a character-level
+    model and folder (chardata.CharVocab; None: GPT-2 tokens), whose UTF-8 bytes the bpb counts.
+    Returns dict(loss, bpb, n, tokens, bytes)."""
     config = unwrap(model).config
     block_size = block_size or config.block_size
     if block_size > config.block_size:
@@ -101,13 +107,16 @@ def val_loss_bpb(model, folder, n_windows=100, batch_size=8, block_size=0, seed=
     if top >= config.vocab_size:
         raise UserError(f"{folder}/{split}.bin holds token id {top:,} but the model's vocab_size is "
                         f"{config.vocab_size:,}")
+    if vocab is not None and top >= len(vocab):
+        raise UserError(f"{folder}/{split}.bin holds token id {top:,} but the vocabulary has {len(vocab):,} "
+                        "characters; prepare the data again")
     batches = ((x_all[i:i + batch_size].to(device), y_all[i:i + batch_size].to(device))
                for i in range(0, n_windows, batch_size))
     was_training = model.training
     model.eval()
     with tqdm(total=-(-n_windows // batch_size), desc=f"{split} loss", leave=False, disable=None) as progress:
-        _, nats, tokens, n_bytes = loss_sums(model, batches, token_byte_table(config.vocab_size, device), autocast,
-                                             progress).tolist()  # syncs the GPU
+        _, nats, tokens, n_bytes = loss_sums(model, batches, token_byte_table(config.vocab_size, device, vocab),
+                                             autocast, progress).tolist()  # syncs the GPU
     model.train(was_training)
     tokens, n_bytes = round(tokens), round(n_bytes)
     return dict(loss=nats / tokens if tokens else float("nan"), bpb=bits_per_byte(nats, n_bytes), n=n_windows,

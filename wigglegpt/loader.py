@@ -6,7 +6,7 @@ names it ('resume', a checkpoint file, GPT-2), --ckpt=FILE is the older spelling
 
 import os
 
-from wigglegpt import checkpoint, export, hf, hub
+from wigglegpt import chardata, checkpoint, export, hf, hub
 from wigglegpt.common import CheckpointError, UserError
 from wigglegpt.tokenizer import VOCAB_SIZE
 
@@ -67,9 +67,31 @@ def load_model_from(init_from, out_dir="out", device="cpu", revision="", **overr
 
 def load_for_inference(init_from, out_dir="out", device="cpu", needs_tokenizer="", revision=""):
     """(model in eval mode, where it came from) for sampling, chat and evaluation. needs_tokenizer
-    names what needs GPT-2's token ids (e.g. 'sampling'): a smaller vocabulary is then a UserError."""
-    model, _, source = load_model_from(init_from, out_dir, device, revision, dropout=0.0)
-    if needs_tokenizer and model.config.vocab_size < VOCAB_SIZE:
-        raise UserError(f"{source} has vocab_size {model.config.vocab_size}; {needs_tokenizer} needs the GPT-2 "
+    names what needs GPT-2's token ids (e.g. 'sampling'): a smaller vocabulary, or a
+    character-level model, is then a UserError (see require_gpt2)."""
+    model, source, vocab = load_with_vocab(init_from, out_dir, device, revision)
+    if needs_tokenizer:
+        require_gpt2(model, source, vocab, needs_tokenizer)
+    return model, source
+
+
+def load_with_vocab(init_from, out_dir="out", device="cpu", revision=""):
+    """(model in eval mode, where it came from, its vocabulary) for the scripts that read a
+    character-level model too: the vocabulary is the checkpoint's own (a chardata.CharVocab), or
+    None for GPT-2 BPE (every other checkpoint, an export folder, GPT-2)."""
+    model, ckpt, source = load_model_from(init_from, out_dir, device, revision, dropout=0.0)
+    vocab = chardata.checkpoint_vocab(ckpt, source)
+    if vocab is not None and len(vocab) > model.config.vocab_size:
+        raise CheckpointError(f"{source} has {len(vocab):,} characters but vocab_size {model.config.vocab_size:,}")
+    return model.eval(), source, vocab
+
+
+def require_gpt2(model, source, vocab, what):
+    """A UserError unless the model reads GPT-2 BPE ids; what names the use that needs them."""
+    if vocab is not None:
+        raise UserError(f"{source} is a character-level model ({len(vocab):,} characters of its own) with no GPT-2 "
+                        f"tokenizer and no chat template: {what} needs GPT-2 BPE; sample_bio.py and eval_bio.py "
+                        "--tasks=val work with it")
+    if model.config.vocab_size < VOCAB_SIZE:
+        raise UserError(f"{source} has vocab_size {model.config.vocab_size}; {what} needs the GPT-2 "
                         f"tokenizer's {VOCAB_SIZE} ids")
-    return model.eval(), source
