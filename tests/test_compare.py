@@ -522,8 +522,9 @@ def test_ablate_and_sweep_bad_inputs_are_one_line_and_train_nothing(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
     config, other = tiny_configs(tmp_path, data_seed=4)
-    original = tmp_path / "v2_style.py"  # bio_threshold and no gate setting: train_bio.py derives the v2 gate
-    original.write_text(open(config).read() + "bio_threshold = 0.3\n")
+    # bio_threshold, no gate setting and the original's beta names: train_bio.py derives the v2 gate
+    original = tmp_path / "v2_style.py"
+    original.write_text(open(config).read() + "bio_threshold = 0.3\nbeta1 = 0.9\n")
     out_root = tmp_path / "runs"
     cases = [(["--run", config, "--ablate=n_layer"], "n_layer is not one (its default is 12); try --sweep=n_layer="),
              (["--run", config, "--ablate=use_bio_mpl"], "unknown setting 'use_bio_mpl' of train_bio.py; did you mean "
