@@ -27,6 +27,7 @@ def _import_lm_eval():
     try:
         import lm_eval.api.model
         import lm_eval.api.registry
+        import lm_eval.models  # noqa: F401  (the harness's own models: the registry fills itself only while empty)
         import lm_eval.utils
     except ImportError:
         raise UserError("lm-evaluation-harness is not installed: pip install -r requirements-optional.txt "
