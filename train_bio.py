@@ -293,19 +293,6 @@ class Run:
     vocab: chardata.CharVocab = None  # character-level data: meta.pkl's characters (checkpoints keep them)
 
 
-def meta_vocab_size(given, vocab, folder):
-    """{'vocab_size': meta.pkl's} for a new model on character-level data (vocab) unless vocab_size
-    was given, which must then hold meta.pkl's ids (larger pads on purpose); {} for GPT-2 tokens."""
-    if vocab is None:
-        return {}
-    if "vocab_size" not in given.explicit:
-        return {"vocab_size": vocab.vocab_size}
-    if given.vocab_size < vocab.vocab_size:
-        raise UserError(f"vocab_size={given.vocab_size} is smaller than the vocab_size {vocab.vocab_size} of "
-                        f"{os.path.join(folder, chardata.META_NAME)}; leave vocab_size out to take meta.pkl's")
-    return {}
-
-
 def build_model(given, device, dist, vocab=None, folder=""):
     """(raw GPT on device, checkpoint to resume from or None, {architecture field: value} taken
     from the checkpoint where it differs from the settings). vocab: the data folder's characters
@@ -363,7 +350,7 @@ def setup_run(given, dist, device):
     folder = dataset_folder(given.data_root, given.dataset, dist)  # a demo corpus is built on first use
     vocab = chardata.folder_vocab(folder)  # meta.pkl: character ids, not GPT-2 tokens
     if given.init_from == "scratch":  # a checkpoint brings its own vocab_size
-        derived.update(meta_vocab_size(given, vocab, folder))
+        derived.update(chardata.derived_vocab_size(vocab, given.vocab_size, given.explicit, folder))
     if vocab is not None and given.hellaswag_interval:
         raise UserError(f"hellaswag_interval needs GPT-2 BPE, but {folder} is character-level data; leave it at 0")
     raw_model, ckpt, arch = build_model(types.SimpleNamespace(**{**vars(given), **derived}), device, dist, vocab,
@@ -401,14 +388,13 @@ def setup_run(given, dist, device):
 
 def restore(run, ckpt):
     """Resume: optimizer, loss scale, counters and every random stream as they were saved."""
-    frozen = ckpt.get("train_config", {}).get("freeze_layers", 0)
-    if frozen != run.cfg.freeze_layers:  # the optimizer's state covers exactly the parameters that trained
-        raise UserError(f"{run.cfg.out_dir}/ckpt.pt was trained with freeze_layers={frozen}; resume with "
-                        f"--freeze_layers={frozen}, or fine-tune from it with --init_from=<that path>")
-    saved = ckpt.get("train_config", {}).get("optimizer_type", "adamw")
-    if saved != run.cfg.optimizer_type:  # another optimizer's state cannot be loaded into this one
-        raise UserError(f"{run.cfg.out_dir}/ckpt.pt was trained with optimizer_type={saved!r}; resume with "
-                        f"--optimizer_type={saved}, or fine-tune from it with --init_from=<that path>")
+    saved = ckpt.get("train_config", {})
+    # the optimizer's state fits only the same optimizer over the same trainable parameters
+    for key, default in (("freeze_layers", 0), ("optimizer_type", "adamw")):
+        value = saved.get(key, default)
+        if value != getattr(run.cfg, key):
+            raise UserError(f"{run.cfg.out_dir}/ckpt.pt was trained with {key}={value!r}; resume with "
+                            f"--{key}={value}, or fine-tune from it with --init_from=<that path>")
     counters = checkpoint.restore_training(ckpt, run.optimizer, run.scaler, run.sampler, run.dist,
                                            sampler_seed(run.cfg.seed, run.dist.rank), run.tokens_per_iter,
                                            os.path.join(run.cfg.out_dir, "ckpt.pt"))

@@ -298,3 +298,17 @@ def ensure_shakespeare_char(folder):
         return
     print(f"preparing the character-level Shakespeare in {folder} (once, a second or two)", flush=True)
     prepare_shakespeare_char(folder, overwrite=True)
+
+
+def derived_vocab_size(vocab, vocab_size, explicit, folder):
+    """{'vocab_size': meta.pkl's} for a new model on character-level data (vocab) unless vocab_size
+    was given (in explicit), which must then hold meta.pkl's ids (larger pads on purpose); {} for
+    GPT-2 tokens."""
+    if vocab is None:
+        return {}
+    if "vocab_size" not in explicit:
+        return {"vocab_size": vocab.vocab_size}
+    if vocab_size < vocab.vocab_size:
+        raise UserError(f"vocab_size={vocab_size} is smaller than the vocab_size {vocab.vocab_size} of "
+                        f"{os.path.join(folder, META_NAME)}; leave vocab_size out to take meta.pkl's")
+    return {}
