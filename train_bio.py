@@ -125,9 +125,6 @@ SETTINGS = {
 }
 
 MODEL_FIELDS = [f.name for f in fields(GPTConfig)]
-# fields a checkpoint fixes: its weights were trained with them
-ARCH_FIELDS = [f for f in MODEL_FIELDS
-               if f not in ("block_size", "dropout", "gradient_checkpointing", "activation_kernel")]
 SCHEDULES = ("cosine", "wsd", "wsd_cosine", "constant")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 BACKENDS = ("auto", "nccl", "gloo")
@@ -181,30 +178,12 @@ def check_settings(cfg):
     if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
         raise UserError(f"out_dir={cfg.out_dir} is a file, not a folder; choose another --out_dir")
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    check_token_budget(cfg, world)
+    gpu.check_token_budget(cfg.batch_size, cfg.gradient_accumulation_steps, cfg.tokens_per_iter, cfg.block_size,
+                           world)
     if cfg.batch_size != "auto" and cfg.gradient_accumulation_steps % world:
         raise UserError(f"gradient_accumulation_steps={cfg.gradient_accumulation_steps} is not divisible by the "
                         f"{world} processes; use a multiple of {world}")
     model_config_from(cfg)  # n_embd % n_head, head size for RoPE, dropout range, ...
-
-
-def check_token_budget(cfg, world):
-    """batch_size='auto' needs tokens_per_iter in whole sequences per process; a fixed batch_size
-    with a tokens_per_iter must add up to it (a config's budget is never changed by accident)."""
-    if cfg.batch_size == "auto":
-        if cfg.tokens_per_iter <= 0:
-            raise UserError("batch_size='auto' needs the tokens per iteration to keep: set tokens_per_iter "
-                            f"(e.g. --tokens_per_iter={32 * cfg.block_size} for 32 sequences of {cfg.block_size})")
-        if cfg.tokens_per_iter % (cfg.block_size * world):
-            raise UserError(f"tokens_per_iter={cfg.tokens_per_iter} is not a whole number of block_size "
-                            f"{cfg.block_size} sequences for each of the {world} process(es); use a multiple of "
-                            f"{cfg.block_size * world}")
-        return
-    product = cfg.batch_size * cfg.gradient_accumulation_steps * cfg.block_size
-    if cfg.tokens_per_iter and cfg.tokens_per_iter != product:
-        raise UserError(f"batch_size {cfg.batch_size} x gradient_accumulation_steps {cfg.gradient_accumulation_steps} x "
-                        f"block_size {cfg.block_size} = {product:,} tokens, but tokens_per_iter={cfg.tokens_per_iter:,}; "
-                        "change gradient_accumulation_steps to match, or use --batch_size=auto")
 
 
 def model_config_from(cfg):
@@ -293,40 +272,6 @@ class Run:
     vocab: chardata.CharVocab = None  # character-level data: meta.pkl's characters (checkpoints keep them)
 
 
-def build_model(given, device, dist, vocab=None, folder=""):
-    """(raw GPT on device, checkpoint to resume from or None, {architecture field: value} taken
-    from the checkpoint where it differs from the settings). vocab: the data folder's characters
-    (None: GPT-2 tokens), which a checkpoint's own vocabulary must match."""
-    if given.init_from == "scratch":
-        return GPT(model_config_from(given)).to(device), None, {}
-    # resume, fine-tune from a checkpoint, or from GPT-2 (a name or a save_pretrained folder)
-    model, ckpt, source = loader.load_model_from(given.init_from, given.out_dir, device, given.revision,
-                                                 dropout=given.dropout,
-                                                 gradient_checkpointing=given.gradient_checkpointing,
-                                                 activation_kernel=given.activation_kernel)
-    arch = {}
-    for name in ARCH_FIELDS:  # the checkpoint's architecture wins; the record tells what really trained
-        mine, theirs = getattr(given, name), getattr(model.config, name)
-        if mine != theirs:
-            if mine != SETTINGS[name][0]:
-                print0(dist, f"warning: {name}={mine!r} ignored: {source} was trained with {name}={theirs!r}")
-            arch[name] = theirs
-    if given.block_size > model.config.block_size:
-        raise UserError(f"block_size={given.block_size} is larger than the block_size {model.config.block_size} of "
-                        f"{source}; use --block_size={model.config.block_size} or less")
-    chardata.vocab_for(chardata.checkpoint_vocab(ckpt, source), vocab, model.config.vocab_size, source, folder)
-    if given.init_from == "resume":
-        for key in ("optimizer", "iter_num"):
-            if key not in ckpt:
-                raise UserError(f"{source} has no {key!r}: it cannot be resumed; fine-tune from it with --init_from={source}")
-        return model, ckpt, arch
-    # fine-tune: the weights only; a fresh optimizer at iteration 0
-    note = ("" if ckpt is not None and not checkpoint.is_original_format(ckpt) else
-            " (GPT-2 weights through transformers)" if ckpt is None else " (original WiggleGPT format: legacy_rope on)")
-    print0(dist, f"fine-tuning from {source}{note}")
-    return model, None, arch
-
-
 def setup_run(given, dist, device):
     """Precision, seeds, model, the settings the run derives, data and optimizer."""
     device_type = device.split(":")[0]
@@ -353,9 +298,13 @@ def setup_run(given, dist, device):
         derived.update(chardata.derived_vocab_size(vocab, given.vocab_size, given.explicit, folder))
     if vocab is not None and given.hellaswag_interval:
         raise UserError(f"hellaswag_interval needs GPT-2 BPE, but {folder} is character-level data; leave it at 0")
-    raw_model, ckpt, arch = build_model(types.SimpleNamespace(**{**vars(given), **derived}), device, dist, vocab,
-                                        folder)
-    derived.update(arch)
+    wanted = types.SimpleNamespace(**{**vars(given), **derived})
+    if given.init_from == "scratch":
+        raw_model, ckpt = GPT(model_config_from(wanted)).to(device), None
+    else:  # resume, or fine-tune from a checkpoint or GPT-2: the checkpoint's architecture wins
+        raw_model, ckpt, arch = loader.load_for_training(wanted, default_values(SETTINGS), device, vocab, folder,
+                                                         say=lambda line: print0(dist, line))
+        derived.update(arch)
     saved = (ckpt.get("train_config") or {}, ckpt.get("sampler", {}).get("world_size")) if ckpt else None
     derived.update(gpu.plan_batch(raw_model, given.batch_size, given.gradient_accumulation_steps, given.tokens_per_iter,
                                   given.block_size, given.gradient_checkpointing, dtype, device, autocast, dist, saved))
@@ -388,49 +337,10 @@ def setup_run(given, dist, device):
 
 def restore(run, ckpt):
     """Resume: optimizer, loss scale, counters and every random stream as they were saved."""
-    saved = ckpt.get("train_config", {})
-    # the optimizer's state fits only the same optimizer over the same trainable parameters
-    for key, default in (("freeze_layers", 0), ("optimizer_type", "adamw")):
-        value = saved.get(key, default)
-        if value != getattr(run.cfg, key):
-            raise UserError(f"{run.cfg.out_dir}/ckpt.pt was trained with {key}={value!r}; resume with "
-                            f"--{key}={value}, or fine-tune from it with --init_from=<that path>")
-    counters = checkpoint.restore_training(ckpt, run.optimizer, run.scaler, run.sampler, run.dist,
+    counters = checkpoint.restore_training(ckpt, vars(run.cfg), run.optimizer, run.scaler, run.sampler, run.dist,
                                            sampler_seed(run.cfg.seed, run.dist.rank), run.tokens_per_iter,
                                            os.path.join(run.cfg.out_dir, "ckpt.pt"))
     run.state = RunState(**counters)
-
-
-def print_figures(run):
-    cfg, dist, config = run.cfg, run.dist, run.raw_model.config
-    kind = ["oscillating MLP" if config.use_bio_mlp else "GELU MLP", "RMSNorm" if config.use_rmsnorm else "LayerNorm",
-            ("legacy RoPE (no positions)" if config.legacy_rope else "RoPE") if config.use_rope else "learned positions"]
-    kind += [f"{config.sparse_gate_kind} sparse gate"] if config.use_sparse_gate else []
-    print0(dist, f"device {run.device}, dtype {run.dtype}, {dist.world:,} process(es)")
-    if run.peak_flops:
-        print0(dist, f"MFU against {run.peak_flops / 1e12:,.1f} TFLOP/s "
-                     f"({gpu.resolve_peak_flops(cfg.peak_flops, run.device)[1]})")
-    else:
-        print0(dist, f"note: {gpu.unknown_peak_hint(run.device)}")
-    print0(dist, f"model: {run.raw_model.get_num_params():,} parameters ({config.n_layer} layers, {config.n_head} heads, "
-                 f"{config.n_embd} wide; {', '.join(kind)})")
-    if cfg.freeze_layers:
-        print0(dist, f"trainable: {run.trainable:,} of {sum(p.numel() for p in run.raw_model.parameters()):,} "
-                     f"parameters (freeze_layers={cfg.freeze_layers}: the embeddings and "
-                     f"{'block 0' if cfg.freeze_layers == 1 else f'blocks 0-{cfg.freeze_layers - 1}'} frozen)")
-    print0(dist, f"activation: {run.activation}; {'compiled' if run.compiled else 'eager'}")
-    print0(dist, f"tokens per iteration: {run.tokens_per_iter:,} = batch_size {cfg.batch_size:,} x gradient accumulation "
-                 f"{cfg.gradient_accumulation_steps:,} x block_size {cfg.block_size:,}")
-    print0(dist, f"gradient accumulation steps: {run.accum:,} per process x {dist.world:,} process(es)")
-    train, val = run.data.splits["train"].n_tokens, run.data.splits["val"].n_tokens
-    print0(dist, f"data: {run.data.folder}: train {train:,} tokens, val {val:,} tokens"
-                 + ("; loss on assistant tokens only (masks found)" if run.data.masked else ""))
-    if run.vocab is not None:
-        origin = ("the checkpoint's" if cfg.init_from != "scratch" else
-                  "given" if "vocab_size" in run.given.explicit else "from meta.pkl")
-        meta = os.path.join(run.data.folder, chardata.META_NAME)
-        print0(dist, f"character-level data: {len(run.vocab):,} characters in {meta}; "
-                     f"vocab_size {config.vocab_size:,} ({origin})")
 
 
 # ---------------------------------------------------------------------------------------
@@ -595,7 +505,8 @@ def run_training(given, dist, device):
                         "choose another --out_dir, or start over with --overwrite=True")
     run = setup_run(given, dist, device)
     cfg, state = run.cfg, run.state
-    print_figures(run)
+    for line in metrics.startup_lines(run):
+        print0(dist, line)
 
     if cfg.eval_only:  # a look at the losses; the run's files stay as they are
         losses = estimate_loss(run)

@@ -14,32 +14,29 @@
 
 out_dir = "out-shakespeare-char-bio"
 dataset = "shakespeare_char"
-device = "auto"
-dtype = "auto"
 compile = False  # a CPU demo: eager
 peak_flops = 2e11  # rough fp32 peak of 2 CPU cores, so MFU means something (see config/shakespeare_bio.py)
 
-eval_interval = 100  # 5 evals over the run
-eval_iters = 20
-log_interval = 20
-
+# the model: 4 blocks x 4 heads, 128 wide, 128 characters of context (no dropout, no biases: the defaults)
 n_layer = 4
 n_head = 4
 n_embd = 128
 block_size = 128
-dropout = 0.0
-bias = False
+# the three switches of the README's study (compare_bio.py --ablate flips each in turn)
 use_bio_mlp = True
 use_rmsnorm = True
 use_rope = True
 
+# 400 iterations of 8 x 128 characters: 409,600 characters, a tenth of an epoch of the 4.55M training characters
 batch_size = 8
 gradient_accumulation_steps = 1
-max_iters = 400  # 409,600 characters, a tenth of an epoch of the 4.55M training characters
+max_iters = 400
+eval_interval = 100  # 5 evals over the run
+eval_iters = 20
+log_interval = 20
 
 learning_rate = 2e-3  # small models take a high rate
 min_lr = 2e-4
 warmup_iters = 40
 lr_decay_iters = 400
-betas = (0.9, 0.99)
-seed = 1337
+betas = (0.9, 0.99)  # seed: the default, 1337

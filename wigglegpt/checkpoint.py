@@ -18,7 +18,7 @@ import torch
 from model_bio import GPT, GPTConfig
 from wigglegpt import oscillate_triton  # noqa: F401  (registers the fused op wigglegpt::oscillate that GPT uses)
 from wigglegpt import compat
-from wigglegpt.common import CheckpointError, remove_quietly, write_error
+from wigglegpt.common import CheckpointError, UserError, remove_quietly, write_error
 from wigglegpt.compat import clean_state_dict
 from wigglegpt.distributed import all_gather, print0
 
@@ -251,11 +251,19 @@ def gather_rng(sampler, dist):
     return all_gather(rng_snapshot(sampler), dist)
 
 
-def restore_training(ckpt, optimizer, scaler, sampler, dist, fresh_seed, tokens_per_iter, path):
+def restore_training(ckpt, settings, optimizer, scaler, sampler, dist, fresh_seed, tokens_per_iter, path):
     """Resume from a training checkpoint: the optimizer and loss-scale state and this process's
     random streams (fresh_seed + iter_num when the checkpoint has none for this many processes).
+    settings: the resumed run's, whose optimizer_type and freeze_layers must be the saved ones.
     Returns the run's counters {iter_num, best_val_loss, tokens, last_eval_iter, wandb_run_id,
     last_hellaswag_iter}."""
+    saved = ckpt.get("train_config", {})
+    # the optimizer's state fits only the same optimizer over the same trainable parameters
+    for key, default in (("freeze_layers", 0), ("optimizer_type", "adamw")):
+        value = saved.get(key, default)
+        if value != settings[key]:
+            raise UserError(f"{path} was trained with {key}={value!r}; resume with --{key}={value}, or "
+                            "fine-tune from it with --init_from=<that path>")
     optimizer.load_state_dict(ckpt["optimizer"])
     if scaler.is_enabled() and ckpt.get("scaler"):
         scaler.load_state_dict(ckpt["scaler"])

@@ -9,7 +9,6 @@ same ids, the next chat turn, is prefilled only from where it differs) and strea
 text, with stop strings). How the cache meets the context limit: README.md, "Sample and chat".
 """
 
-import sys
 from contextlib import nullcontext
 
 import torch

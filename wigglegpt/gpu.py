@@ -429,6 +429,24 @@ def activation_choice(config, device_type):
     return f"PyTorch ops (activation_kernel='auto'; {oscillate_triton.available(device_type)[1]})"
 
 
+def check_token_budget(batch_size, gradient_accumulation_steps, tokens_per_iter, block_size, world):
+    """batch_size='auto' needs tokens_per_iter in whole sequences per process; a fixed batch_size
+    with a tokens_per_iter must add up to it (a config's budget is never changed by accident)."""
+    if batch_size == "auto":
+        if tokens_per_iter <= 0:
+            raise UserError("batch_size='auto' needs the tokens per iteration to keep: set tokens_per_iter "
+                            f"(e.g. --tokens_per_iter={32 * block_size} for 32 sequences of {block_size})")
+        if tokens_per_iter % (block_size * world):
+            raise UserError(f"tokens_per_iter={tokens_per_iter} is not a whole number of block_size {block_size} "
+                            f"sequences for each of the {world} process(es); use a multiple of {block_size * world}")
+        return
+    product = batch_size * gradient_accumulation_steps * block_size
+    if tokens_per_iter and tokens_per_iter != product:
+        raise UserError(f"batch_size {batch_size} x gradient_accumulation_steps {gradient_accumulation_steps} x "
+                        f"block_size {block_size} = {product:,} tokens, but tokens_per_iter={tokens_per_iter:,}; "
+                        "change gradient_accumulation_steps to match, or use --batch_size=auto")
+
+
 def plan_batch(model, batch_size, gradient_accumulation_steps, tokens_per_iter, block_size, checkpointing,
                dtype, device, autocast, dist, saved=None):
     """batch_size='auto': the micro-batch (see find_batch_size) and the accumulation that keep

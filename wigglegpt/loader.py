@@ -5,10 +5,16 @@ names it ('resume', a checkpoint file, GPT-2), --ckpt=FILE is the older spelling
 """
 
 import os
+from dataclasses import fields
 
+from model_bio import GPTConfig
 from wigglegpt import chardata, checkpoint, export, hf, hub
 from wigglegpt.common import CheckpointError, UserError
 from wigglegpt.tokenizer import VOCAB_SIZE
+
+# the GPTConfig fields a checkpoint fixes: its weights were trained with them
+ARCH_FIELDS = [f.name for f in fields(GPTConfig)
+               if f.name not in ("block_size", "dropout", "gradient_checkpointing", "activation_kernel")]
 
 INIT_FROM_MEANING = ("'resume' (out_dir/ckpt.pt), a checkpoint file, a model on the Hugging Face Hub "
                      f"({hub.NAME_FORM}), or GPT-2: gpt2, gpt2-medium, gpt2-large, gpt2-xl or a transformers "
@@ -63,6 +69,38 @@ def load_model_from(init_from, out_dir="out", device="cpu", revision="", **overr
                               f"(out_dir/ckpt.pt), a checkpoint file, a Hub name ({hub.NAME_FORM}), a GPT-2 name "
                               f"({', '.join(hf.GPT2_NAMES)}) or a folder written by transformers' save_pretrained")
     return (*checkpoint.load_model(init_from, device, **overrides), init_from)
+
+
+def load_for_training(cfg, defaults, device, vocab=None, folder="", say=print):
+    """The model a training run with cfg.init_from other than 'scratch' starts from: (model on
+    device, checkpoint to resume or None when fine-tuning, {architecture field: the checkpoint's
+    value} where it differs from cfg). The checkpoint's architecture wins; a field the user set
+    away from its default (defaults) is said to be ignored. vocab: the data folder's characters
+    (None: GPT-2 tokens), which the checkpoint's own vocabulary must match."""
+    model, ckpt, source = load_model_from(cfg.init_from, cfg.out_dir, device, cfg.revision, dropout=cfg.dropout,
+                                          gradient_checkpointing=cfg.gradient_checkpointing,
+                                          activation_kernel=cfg.activation_kernel)
+    arch = {}
+    for name in ARCH_FIELDS:
+        mine, theirs = getattr(cfg, name), getattr(model.config, name)
+        if mine != theirs:
+            if mine != defaults[name]:
+                say(f"warning: {name}={mine!r} ignored: {source} was trained with {name}={theirs!r}")
+            arch[name] = theirs
+    if cfg.block_size > model.config.block_size:
+        raise UserError(f"block_size={cfg.block_size} is larger than the block_size {model.config.block_size} of "
+                        f"{source}; use --block_size={model.config.block_size} or less")
+    chardata.vocab_for(chardata.checkpoint_vocab(ckpt, source), vocab, model.config.vocab_size, source, folder)
+    if cfg.init_from == "resume":
+        for key in ("optimizer", "iter_num"):
+            if key not in ckpt:
+                raise UserError(f"{source} has no {key!r}: it cannot be resumed; fine-tune from it with --init_from={source}")
+        return model, ckpt, arch
+    # fine-tune: the weights only; a fresh optimizer at iteration 0
+    note = ("" if ckpt is not None and not checkpoint.is_original_format(ckpt) else
+            " (GPT-2 weights through transformers)" if ckpt is None else " (original WiggleGPT format: legacy_rope on)")
+    say(f"fine-tuning from {source}{note}")
+    return model, None, arch
 
 
 def load_for_inference(init_from, out_dir="out", device="cpu", needs_tokenizer="", revision=""):

@@ -1,5 +1,5 @@
 """
-What a training run reports as it goes: out_dir/metrics.jsonl (one JSON object per line, the
+What a training run reports: its start-up lines, out_dir/metrics.jsonl (one JSON object per line, the
 record every comparison and plot reads), the peak memory, and Weights & Biases when asked.
 """
 
@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from wigglegpt import chardata, gpu
 from wigglegpt.checkpoint import resume_advice
 from wigglegpt.common import UserError, write_error
 
@@ -74,3 +75,37 @@ class Reporter:
     def finish(self):
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def startup_lines(run):
+    """The lines a training run prints before its first iteration: device, model, batch, data
+    (run: train_bio.py's Run)."""
+    cfg, config = run.cfg, run.raw_model.config
+    kind = ["oscillating MLP" if config.use_bio_mlp else "GELU MLP", "RMSNorm" if config.use_rmsnorm else "LayerNorm",
+            ("legacy RoPE (no positions)" if config.legacy_rope else "RoPE") if config.use_rope else "learned positions"]
+    kind += [f"{config.sparse_gate_kind} sparse gate"] if config.use_sparse_gate else []
+    lines = [f"device {run.device}, dtype {run.dtype}, {run.dist.world:,} process(es)"]
+    if run.peak_flops:
+        lines.append(f"MFU against {run.peak_flops / 1e12:,.1f} TFLOP/s "
+                     f"({gpu.resolve_peak_flops(cfg.peak_flops, run.device)[1]})")
+    else:
+        lines.append(f"note: {gpu.unknown_peak_hint(run.device)}")
+    lines.append(f"model: {run.raw_model.get_num_params():,} parameters ({config.n_layer} layers, {config.n_head} "
+                 f"heads, {config.n_embd} wide; {', '.join(kind)})")
+    if cfg.freeze_layers:
+        frozen = "block 0" if cfg.freeze_layers == 1 else f"blocks 0-{cfg.freeze_layers - 1}"
+        lines.append(f"trainable: {run.trainable:,} of {sum(p.numel() for p in run.raw_model.parameters()):,} "
+                     f"parameters (freeze_layers={cfg.freeze_layers}: the embeddings and {frozen} frozen)")
+    lines.append(f"activation: {run.activation}; {'compiled' if run.compiled else 'eager'}")
+    lines.append(f"tokens per iteration: {run.tokens_per_iter:,} = batch_size {cfg.batch_size:,} x gradient "
+                 f"accumulation {cfg.gradient_accumulation_steps:,} x block_size {cfg.block_size:,}")
+    lines.append(f"gradient accumulation steps: {run.accum:,} per process x {run.dist.world:,} process(es)")
+    train, val = run.data.splits["train"].n_tokens, run.data.splits["val"].n_tokens
+    lines.append(f"data: {run.data.folder}: train {train:,} tokens, val {val:,} tokens"
+                 + ("; loss on assistant tokens only (masks found)" if run.data.masked else ""))
+    if run.vocab is not None:
+        origin = ("the checkpoint's" if cfg.init_from != "scratch" else
+                  "given" if "vocab_size" in run.given.explicit else "from meta.pkl")
+        lines.append(f"character-level data: {len(run.vocab):,} characters in "
+                     f"{os.path.join(run.data.folder, chardata.META_NAME)}; vocab_size {config.vocab_size:,} ({origin})")
+    return lines
