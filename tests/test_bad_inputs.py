@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -63,6 +64,7 @@ chat = on("chat_bio.py", "--device=cpu")
 evaluate = on("eval_bio.py", "--device=cpu", "--data_root=data", "--dataset=pat", "--eval_windows=2",
               "--eval_batch_size=2")
 analyze, compare, xor, bench = on("analyze_bio.py"), on("compare_bio.py"), on("xor_bio.py"), on("bench_bio.py")
+prepare_char = on("prepare_shakespeare_char.py")
 prepare = on("prepare_openwebtext_streaming.py", "--num_threads=1", "--min_val_tokens=0")
 smoltalk = on("prepare_smoltalk.py", "--num_threads=1", "--min_val_tokens=0")
 lm_eval = on("lm_eval_bio.py", "--model", "wigglegpt", "--device", "cpu")
@@ -107,6 +109,7 @@ CASES = {
     "train-resume-text-ckpt": train("--init_from=resume", "--out_dir=text_run", phrase="not a readable PyTorch"),
     "train-resume-no-optimizer": train("--init_from=resume", "--out_dir=weights_run",
                                        phrase="has no 'optimizer': it cannot be resumed"),
+    "train-meta_pkl-that-runs-code": train("--dataset=evil_meta", phrase="asks to load posix.system, which is refused"),
     "train-freeze_layers-past-the-blocks": train("--freeze_layers=9", phrase="the model has 1 block;"),
     "train-freeze_layers-negative": train("--freeze_layers=-1", phrase="freeze_layers must not be negative"),
     "train-resume-other-freeze_layers": train("--init_from=resume", "--out_dir=run", "--freeze_layers=1",
@@ -168,6 +171,8 @@ CASES = {
     "compare-plot-under-a-file": compare("run", "run2", "--plot=afile/compare.png", phrase="afile is a file"),
     # --- xor_bio.py and bench_bio.py ---------------------------------------------------
     "xor-zero-seeds": xor("--seeds=0", phrase="seeds must be >= 1"),
+    "xor-suite-zero-epochs": xor("--suite", "--suite_epochs=0", phrase="suite_epochs must be >= 1, got 0"),
+    "xor-suite-unknown-task": xor("--suite", "--tasks=xor,nope", phrase="--tasks: unknown name 'nope'"),
     "xor-plot-folder-missing": xor("--seeds=1", "--steps=1", "--plot=nodir/xor.png", phrase="does not exist"),
     "xor-plot-is-a-folder": xor("--seeds=1", "--steps=1", "--plot=adir", phrase="--plot=adir is a folder"),
     "bench-unknown-section": bench("--only=warp_drive", phrase="unknown section(s) warp_drive"),
@@ -182,6 +187,10 @@ CASES = {
                                                phrase="don't know how to read corpus.csv"),
     "prepare-text_field-missing": prepare("--data_files=corpus.jsonl", "--out_dir=new_out", "--text_field=body",
                                           phrase="no field 'body'"),
+    "prepare_char-out_dir-is-a-file": prepare_char("--out_dir=afile", phrase="could not write afile: File exists"),
+    "prepare_char-out_dir-holds-data": prepare_char("--out_dir=data/pat",
+                                                    phrase="data/pat already holds train.bin, val.bin; use --overwrite"),
+    "prepare_char-overwrite-not-a-bool": prepare_char("--overwrite=maybe", phrase="overwrite='maybe'"),
     "prepare-out_dir-holds-output": prepare("--data_files=corpus.jsonl", "--out_dir=data/pat", phrase="already holds"),
     "prepare-resume-nothing": prepare("--data_files=corpus.jsonl", "--out_dir=empty_run", "--resume",
                                       phrase="nothing to resume"),
@@ -208,7 +217,8 @@ CASES = {
     "train-hub-not-cached": train("--init_from=hf://owner/repo/ckpt.pt", phrase="HF_HUB_OFFLINE"),
     # --- lm_eval_bio.py (the harness logs to stderr itself: there the error is the last line) ---
     "lm_eval-model_args-unknown-key": lm_eval("--model_args", "ckpt=run/ckpt.pt,pretrained=gpt2", *LM_TASK,
-                                              phrase="--model_args pretrained=...", needs="lm_eval", quiet=False),
+                                              phrase="--model_args pretrained=...: the wigglegpt model takes ckpt, init_from",
+                                              needs="lm_eval", quiet=False),
     "lm_eval-ckpt-missing": lm_eval("--model_args", "ckpt=missing.pt", *LM_TASK, phrase="no such checkpoint",
                                     needs="lm_eval", quiet=False),
     "lm_eval-unknown-task": lm_eval("--model_args", "ckpt=run/ckpt.pt", "--tasks", "no_such_task",
@@ -232,6 +242,13 @@ def write(path, data):
         f.write(data if isinstance(data, bytes) else data.encode("utf-8"))
 
 
+class RunsCode:
+    """Unpickled, it would run a shell command: what a hostile meta.pkl holds."""
+
+    def __reduce__(self):
+        return os.system, ("echo this must never run",)
+
+
 def build_inputs(base):
     """Every file the cases read: token folders good and bad, a trained run, broken
     checkpoints, configs, prompts, corpora. Paths are relative to base (the cases' cwd)."""
@@ -248,6 +265,9 @@ def build_inputs(base):
         n_mask = 4000 - 7 if split == "train" else 1500  # train_mask.bin 7 entries short of train.bin
         write(os.path.join(b, "data", "bad_mask", f"{split}_mask.bin"), b"\x01" * n_mask)
     write(os.path.join(b, "data", "pat", "meta.json"), json.dumps({"vocab_size": 50257}))
+    write_bins(os.path.join(b, "data", "evil_meta"))  # a meta.pkl that would run a command as it is unpickled
+    write(os.path.join(b, "data", "evil_meta", "meta.pkl"),
+          pickle.dumps({"vocab_size": 64, "itos": RunsCode()}, protocol=2))
 
     # a real run: ckpt.pt with optimizer and train_config, metrics.jsonl
     args = [a.replace("new_out", "run") for a in TRAIN]
@@ -401,6 +421,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_no_file(results, case_id):
     shown = f"{case_id}: python {case.script} {' '.join(case.args)}\nexit {result.returncode}\n" \
             f"stderr:\n{result.stderr[-3000:]}\nstdout:\n{result.stdout[-1500:]}"
     assert "Traceback" not in result.stderr + result.stdout, shown
+    assert "this must never run" not in result.stdout, shown  # the hostile meta.pkl was not unpickled
     assert result.returncode == 2, shown
     lines = result.stderr.strip().splitlines()
     assert lines, shown
@@ -418,7 +439,8 @@ def test_bad_input_is_one_line_exit_2_and_changes_no_file(results, case_id):
 
 
 def test_the_catalogue_is_large_enough():
-    assert len(CASES) >= 45 and len({c.script for c in CASES.values()}) == 12  # every script but model_bio.py
+    scripts = {name for name in os.listdir(ROOT) if name.endswith(".py") and name != "model_bio.py"}
+    assert len(CASES) >= 45 and {c.script for c in CASES.values()} == scripts  # every script but model_bio.py
 
 
 # ---------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ record, meta.json in finish): the old dataset survives and --resume completes th
 The same on a REAL full filesystem (a small tmpfs mounted by the test when it runs as root, as CI
 does; skipped with the reason elsewhere): training stops with one line and resumes once space is
 freed, torch.save's ENOSPC (a RuntimeError from its zip writer) still names the cause, metrics.jsonl
-on a full and on a read-only filesystem, and data preparation resumed to byte-identical bins."""
+on a full and on a read-only filesystem, data preparation resumed to byte-identical bins, an export
+(safetensors and tokenizers report ENOSPC in errors of their own) that keeps the folder it would
+replace, and a download into the Hugging Face cache that leaves no partial file to be taken."""
 
 import contextlib
 import errno
@@ -22,6 +24,7 @@ from wigglegpt import checkpoint, dataprep, metrics
 from conftest import ROOT, tiny_config
 from model_bio import GPT
 from wigglegpt.common import UserError
+from test_hub import fake_hub  # noqa: F401  (the fixture)
 from test_train import TRAIN, argv, cli_env, load, tiny
 
 DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
@@ -231,3 +234,57 @@ def test_data_prep_on_a_really_full_filesystem_then_resumed_is_byte_identical(tm
         assert files(out).keys() == files(tmp_path / "ref").keys()
         for name in ("train.bin", "val.bin"):
             assert files(out)[name] == files(tmp_path / "ref")[name]
+
+
+def test_an_export_on_a_really_full_filesystem_is_one_line_and_keeps_the_old_folder(tmp_path):
+    from wigglegpt import export
+    if not export_packages():
+        pytest.skip("writing an export needs safetensors and tokenizers: pip install -r requirements-optional.txt")
+    ckpt = tmp_path / "ckpt.pt"
+    checkpoint.save_checkpoint(checkpoint.checkpoint_dict(GPT(tiny_config(vocab_size=50304))), str(ckpt))
+    command = [sys.executable, os.path.join(ROOT, "export_bio.py"), f"--ckpt={ckpt}"]
+    sized = subprocess.run([*command, f"--out={tmp_path / 'sized'}"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert sized.returncode == 0, sized.stderr
+    size_kb = sum(os.path.getsize(tmp_path / "sized" / f) for f in os.listdir(tmp_path / "sized")) // 1024
+    with small_filesystem(tmp_path / "small", size_kb * 3 // 2) as small:  # one export, not a second beside it
+        out = small / "exported"
+        assert subprocess.run([*command, f"--out={out}"], cwd=ROOT, capture_output=True, timeout=120).returncode == 0
+        before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+        r = subprocess.run([*command, f"--out={out}", "--overwrite=True", "--dtype=bfloat16"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr == (f"error: could not write {out}: No space left on device; free some disk space, "
+                            "then run again\n")
+        assert os.listdir(small) == ["exported"]  # no temporary folder
+        assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+
+
+def export_packages():
+    try:
+        import safetensors.torch  # noqa: F401
+        import tokenizers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_a_download_on_a_really_full_filesystem_is_one_line_and_never_a_partial_file(tmp_path, fake_hub):
+    from test_hub import BIG, resolve_command
+    env, _ = fake_hub
+    with small_filesystem(tmp_path / "small", 1024) as small:  # room for a small file, not for BIG (4 MiB)
+        env = {**env, "HF_HUB_CACHE": str(small / "hub")}
+        first = resolve_command(env, "hf://owner/repo/ckpt.pt")
+        assert first.returncode == 0, first.stderr
+        r = resolve_command(env, "hf://owner/big/big.pt")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr == (f"error: could not write {small / 'hub'}: No space left on device; free some disk "
+                            "space, then run again to download hf://owner/big/big.pt\n")
+        assert not list(small.rglob("*.incomplete"))  # the part downloaded is not left filling the disk
+        offline = {**env, "HF_HUB_OFFLINE": "1"}
+        assert resolve_command(offline, "hf://owner/repo/ckpt.pt").stdout == first.stdout  # the cache still serves
+        missing = resolve_command(offline, "hf://owner/big/big.pt")
+        assert missing.returncode == 2 and "is not in the Hugging Face cache" in missing.stderr, missing.stderr
+        resize(small, 16 * 1024)
+        done = resolve_command(env, "hf://owner/big/big.pt")
+        assert done.returncode == 0 and open(done.stdout.strip(), "rb").read() == BIG, done.stderr

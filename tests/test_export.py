@@ -9,11 +9,16 @@ re-saved by transformers loads back; AutoTokenizer encodes the Shakespeare corpu
 our ids and its chat template renders render_prompt's ids; lm-evaluation-harness's own `hf` model
 scores the folder as a direct computation does; bfloat16 exports hold bfloat16; the model card
 holds the run's facts from metrics.jsonl; --push without network or token, an existing --out, a
-missing package and an interrupted (even kill -9) export are each one clear outcome."""
+missing package and an interrupted (even kill -9) export are each one clear outcome; exports killed
+at random points leave --out the old folder or the new one, byte for byte, and the next export tidies
+what they left."""
 
 import gzip
+import hashlib
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
 import time
@@ -491,16 +496,87 @@ def test_an_interrupted_export_leaves_no_folder_that_looks_finished(built, tmp_p
         export.export(b["model"], str(previous), dtype="float16", overwrite=True)
     assert os.listdir(tmp_path) == ["previous"] and export.is_export_folder(str(previous))
     assert json.loads((previous / "config.json").read_text())["dtype"] == "float32"  # the old one, whole
+
+    def killed_export(out, kill, overwrite=False):
+        script = (f"import os, signal, sys; sys.path.insert(0, {ROOT!r})\n"
+                  "from wigglegpt import checkpoint, export\n"
+                  "die = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
+                  f"model, _ = checkpoint.load_model({b['ckpt']!r})\n{kill}\n"
+                  f"export.export(model.eval(), {str(out)!r}, overwrite={overwrite})")
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert r.returncode == -9, r.stderr[-2000:]
+
     # kill -9 half way: nothing cleans up, and still nothing stands at --out
     out = tmp_path / "killed"
-    script = (f"import os, signal, sys; sys.path.insert(0, {ROOT!r})\n"
-              "from wigglegpt import checkpoint, export\n"
-              f"model, _ = checkpoint.load_model({b['ckpt']!r})\n"
-              "export.write_tokenizer = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
-              f"export.export(model.eval(), {str(out)!r})")
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert r.returncode == -9, r.stderr[-2000:]
+    killed_export(out, "export.write_tokenizer = die")
     assert not out.exists() and [n for n in os.listdir(tmp_path) if n.startswith("killed.tmp")]
+    export.check_out_dir(str(out), overwrite=False)  # as the next export of it starts: the dead run's folder goes
+    assert sorted(os.listdir(tmp_path)) == ["previous"]
+    # between the two renames: the previous export waits whole beside --out, and the next export puts it back
+    killed_export(previous, "replace = os.replace\n"
+                            "os.replace = lambda src, dst: (replace(src, dst), '.old' in dst and die())", True)
+    assert not previous.exists() and len(os.listdir(tmp_path)) == 2
+    with pytest.raises(UserError, match="exists and is not empty"):  # judged as if that export had never run
+        export.check_out_dir(str(previous), overwrite=False)
+    assert os.listdir(tmp_path) == ["previous"] and export.is_export_folder(str(previous))
+    assert json.loads((previous / "config.json").read_text())["dtype"] == "float32"
+
+
+def hashes(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def test_exports_killed_at_random_points_leave_the_old_folder_or_the_new(built, tmp_path):
+    """kill -9 at random points of several exports over a finished one (--overwrite, the other dtype
+    each time): after each kill --out holds the old export or the new one, byte for byte, never part
+    of one, and beside it only what the killed run itself left, which the next run tidies away."""
+    b = built["event_layer_gate"]
+    model, saved = load_model(b["ckpt"])
+    refs = {}
+    for dtype in ("float32", "bfloat16"):  # what an uninterrupted export writes (the card names the folder)
+        export.export(model.eval(), str(tmp_path / dtype / "wigglegpt"), dtype, export.training_facts(saved, b["ckpt"]))
+        refs[dtype] = hashes(tmp_path / dtype / "wigglegpt")
+    parent = tmp_path / "kills"
+    out = parent / "wigglegpt"
+
+    def start(dtype):
+        """export_bio.py over out, returned once it writes (its temporary folder is there) or has ended."""
+        victim = subprocess.Popen([sys.executable, os.path.join(ROOT, "export_bio.py"), f"--ckpt={b['ckpt']}",
+                                   f"--out={out}", f"--dtype={dtype}", "--overwrite=True"], cwd=ROOT,
+                                  env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while not (parent / f"wigglegpt.tmp{victim.pid}").exists() and victim.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return victim
+
+    victim = start("float32")
+    began = time.monotonic()
+    _, err = victim.communicate(timeout=120)
+    writing = time.monotonic() - began  # from its temporary folder to its end
+    assert victim.returncode == 0 and hashes(out) == refs["float32"], err.decode(errors="replace")[-2000:]
+    rng = random.Random("export-kills")
+    current, kills, mid_write = "float32", 5, 0
+    for _ in range(kills):
+        new = "bfloat16" if current == "float32" else "float32"
+        victim = start(new)
+        time.sleep(rng.uniform(0, writing))
+        victim.kill()
+        _, err = victim.communicate(timeout=30)
+        assert victim.returncode in (0, -signal.SIGKILL), err.decode(errors="replace")[-2000:]  # 0: it finished first
+        left = set(os.listdir(parent)) - {"wigglegpt"}
+        assert left <= {f"wigglegpt.tmp{victim.pid}", f"wigglegpt.old{victim.pid}"}, left  # the earlier runs' went
+        mid_write += f"wigglegpt.tmp{victim.pid}" in left
+        # killed between the two renames: the previous export waits beside --out, whole, for the next run
+        state = hashes(out if out.exists() else parent / f"wigglegpt.old{victim.pid}")
+        assert state in (refs[current], refs[new]), "a partial folder"
+        current = new if state == refs[new] else current
+    assert mid_write >= kills // 2, f"only {mid_write} of {kills} kills came while the export was writing"
+    new = "bfloat16" if current == "float32" else "float32"
+    r = run_export(f"--ckpt={b['ckpt']}", f"--out={out}", f"--dtype={new}", "--overwrite=True")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert hashes(out) == refs[new] and os.listdir(parent) == ["wigglegpt"]
 
 
 def test_push_without_network_or_token_is_one_line(built, tmp_path):

@@ -4,16 +4,22 @@ the repo's one checkpoint or export folder, another revision's snapshot (a branc
 a real checkpoint that loads; two models, an uncached file, a malformed name and a missing
 huggingface_hub are one line each. A fake Hub on 127.0.0.1 (HF_ENDPOINT, nothing leaves the
 machine) serves real downloads into the cache, then read offline, and the Hub's errors (no such
-repo, revision or file, a gated repo); an endpoint that does not answer is the no-network line."""
+repo, revision or file, a gated repo); an endpoint that does not answer is the no-network line.
+Downloads of a large file killed at random points are never served part way from the cache, and
+one whose connection drops half way asks again and gets the whole file."""
 
 import hashlib
 import http.server
 import json
 import os
+import random
+import re
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 
 import numpy as np
@@ -30,6 +36,8 @@ INSTALL = "pip install huggingface_hub"
 MAIN = hashlib.sha1(b"main").hexdigest()  # commit hashes are 40 hex digits
 DEV = hashlib.sha1(b"dev").hexdigest()
 EXPORT = {"config.json": b'{"model_type": "wigglegpt"}', "model.safetensors": b"weights"}
+BIG = random.Random(0).randbytes(4 << 20)  # a checkpoint large enough to be killed while it downloads
+CHUNK = 64 << 10  # bodies larger than this are sent slowly, chunk by chunk, as over a real network
 
 
 @pytest.fixture
@@ -193,8 +201,12 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
                                                **{f"export/{f}": d for f, d in EXPORT.items()}}),
                                "dev": (DEV, {"ckpt.pt": b"dev weights"})}),
         "owner/gated": (True, {"main": (MAIN, {"ckpt.pt": b"secret"})}),
+        "owner/big": (False, {"main": (MAIN, {"big.pt": BIG})}),
     }
     down = False  # True: every request is a 503, as when the Hub is down
+    sent = 0  # bytes of large bodies sent so far
+    cut_at = None  # an offset: the next large body stops there once, as when the connection drops
+    gets = []  # the Range header of each file GET (None: the whole file)
 
     def log_message(self, *args):
         pass
@@ -231,8 +243,15 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
             return self.send(403, error="GatedRepo")
         if path not in files:
             return self.send(404, error="EntryNotFound", headers=headers)
-        headers["ETag"] = f'"{hashlib.sha1(files[path]).hexdigest()}"'
-        return self.send(200, files[path], headers, send_body)
+        data = files[path]
+        headers.update({"ETag": f'"{hashlib.sha1(data).hexdigest()}"', "Accept-Ranges": "bytes"})
+        if send_body:
+            FakeHub.gets.append(self.headers.get("Range"))
+        if asked := re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", "")):  # a resumed download
+            start, end = int(asked[1]), min(int(asked[2] or len(data) - 1), len(data) - 1)
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            return self.send(206, data[start:end + 1], headers, send_body)
+        return self.send(200, data, headers, send_body)
 
     def send(self, status, body=b"", headers=None, send_body=True, error=None):
         self.send_response(status)
@@ -240,8 +259,22 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        if send_body:
+        if send_body and len(body) > CHUNK:
+            self.stream(body)
+        elif send_body:
             self.wfile.write(body)
+
+    def stream(self, body):
+        for at in range(0, len(body), CHUNK):
+            if at == FakeHub.cut_at:
+                FakeHub.cut_at = None
+                return  # the connection closes short of Content-Length
+            try:
+                self.wfile.write(body[at:at + CHUNK])
+            except OSError:  # the client was killed
+                return
+            FakeHub.sent += len(body[at:at + CHUNK])
+            time.sleep(0.015)
 
 
 @pytest.fixture
@@ -258,13 +291,14 @@ def fake_hub(tmp_path):
     server.server_close()
 
 
+RESOLVE = [sys.executable, "-c", "import sys; from wigglegpt.common import run_main; from wigglegpt.hub import "
+           "resolve; run_main(lambda: print(resolve(sys.argv[1], sys.argv[2] or None)))"]
+
+
 def resolve_command(env, name, revision=""):
     """resolve() in a fresh process (huggingface_hub reads the environment there), errors as the
     scripts print them."""
-    code = ("import sys; from wigglegpt.common import run_main; from wigglegpt.hub import resolve; "
-            "run_main(lambda: print(resolve(sys.argv[1], sys.argv[2] or None)))")
-    return subprocess.run([sys.executable, "-c", code, name, revision], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run([*RESOLVE, name, revision], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_downloads_go_into_the_cache_and_are_served_from_it_offline(fake_hub):
@@ -325,6 +359,47 @@ def test_when_the_hub_is_down_the_cache_still_serves(fake_hub, monkeypatch):
     assert (done.returncode, done.stdout) == (0, cached.stdout), done.stderr
     done = resolve_command(env, "hf://owner/repo/ckpt_finetune.pt")
     assert done.returncode == 2 and "could not be downloaded" in done.stderr and done.stderr.count("\n") == 1
+
+
+def test_downloads_killed_at_random_points_never_leave_part_of_a_file(fake_hub, monkeypatch):
+    """kill -9 at random points of several downloads of a large file (named by the file or by the
+    repo): after each, offline, the cache has nothing to give (never part of the file); the run that
+    finishes, its connection cut once half way, asks again and gives the Hub's bytes, then offline too."""
+    env = fake_hub[0]
+    offline = {**env, "HF_HUB_OFFLINE": "1"}
+    want = hashlib.sha256(BIG).hexdigest()
+    rng = random.Random("download-kills")
+    kills, mid_download = 5, 0
+    for attempt in range(kills):
+        name = ("hf://owner/big/big.pt", "hf://owner/big")[attempt % 2]  # the repo's one model
+        monkeypatch.setattr(FakeHub, "sent", 0)
+        target = rng.randrange(len(BIG))
+        victim = subprocess.Popen([*RESOLVE, name, ""], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 60
+        while FakeHub.sent < target and victim.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.001)
+        victim.kill()
+        _, err = victim.communicate(timeout=30)
+        assert victim.returncode in (0, -signal.SIGKILL), err.decode(errors="replace")[-2000:]  # 0: done first
+        again = resolve_command(offline, name)
+        if again.returncode == 0:  # it had finished before the kill: the whole file
+            assert hashlib.sha256(open(again.stdout.strip(), "rb").read()).hexdigest() == want
+            continue
+        assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+        assert "not in the Hugging Face cache" in again.stderr, again.stderr
+        mid_download += victim.returncode == -signal.SIGKILL
+    assert mid_download >= kills // 2, f"only {mid_download} of {kills} kills came while it downloaded"
+    monkeypatch.setattr(FakeHub, "cut_at", len(BIG) // 2)
+    monkeypatch.setattr(FakeHub, "gets", [])
+    done = resolve_command(env, name)
+    assert done.returncode == 0, done.stderr
+    assert hashlib.sha256(open(done.stdout.strip(), "rb").read()).hexdigest() == want
+    # the second GET: from the start, or (Range) from what was written; huggingface_hub 2.4 writes in
+    # 10 MiB reads, so it starts this 4 MiB file over
+    assert FakeHub.cut_at is None and len(FakeHub.gets) == 2, FakeHub.gets
+    again = resolve_command(offline, name)
+    assert (again.returncode, again.stdout) == (0, done.stdout), again.stderr
 
 
 # ---------------------------------------------------------------------------------------

@@ -444,10 +444,49 @@ def fsync(path, directory=False):
         os.close(fd)
 
 
+def alive(pid):
+    """Whether process pid runs (on Windows, where os.kill would end it, assumed so)."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        pass
+    return True
+
+
+def tidy(out_dir):
+    """Put right what an export of out_dir killed half way (kill -9, a power cut) left beside it:
+    its temporary folder DIR.tmp<pid> goes, and the previous export it had set aside as
+    DIR.old<pid> comes back when nothing stands at out_dir (killed between export's two renames).
+    The folders of an export still running are left alone."""
+    parent, base = os.path.split(os.path.abspath(out_dir))
+    try:
+        names = sorted(os.listdir(parent))
+    except OSError:  # no parent yet: nothing left there
+        return
+    for name in names:
+        found = re.fullmatch(re.escape(base) + r"\.(tmp|old)(\d+)", name)
+        path = os.path.join(parent, name)
+        if not found or not os.path.isdir(path) or alive(int(found[2])):
+            continue
+        if found[1] == "old" and not os.path.lexists(out_dir):
+            try:
+                os.replace(path, out_dir)
+            except OSError as e:
+                raise write_error(out_dir, e, "run again") from None
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def check_out_dir(out_dir, overwrite):
-    """An --out that may be written: new, an empty folder, or (overwrite) any folder."""
+    """An --out that may be written: new, an empty folder, or (overwrite) any folder. What a
+    killed export of it left is put right first (tidy), so it is judged as that export left it."""
     if not out_dir:
         raise UserError("give the folder to write: --out=DIR")
+    tidy(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out={out_dir} is a file; give a folder")
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
@@ -459,8 +498,9 @@ def export(model, out_dir, dtype="float32", facts=None, overwrite=False):
 
     dtype: the weights' dtype in model.safetensors (float32, bfloat16, float16). facts: what the
     model card says of training (training_facts). Everything is written into a temporary sibling
-    folder and renamed into place at the end, so an export killed half way leaves no folder that
-    looks finished at out_dir. An existing non-empty out_dir is a UserError unless overwrite."""
+    folder and renamed into place at the end, so an export killed half way leaves out_dir as it
+    was (the next export of it tidies what was left). An existing non-empty out_dir is a
+    UserError unless overwrite."""
     if dtype not in DTYPES:
         raise UserError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
     check_out_dir(out_dir, overwrite)
@@ -481,15 +521,26 @@ def export(model, out_dir, dtype="float32", facts=None, overwrite=False):
             except OSError:
                 os.replace(old, out_dir)
                 raise
+            # only now garbage: renamed to what tidy removes, so a .old is always a whole export
+            os.replace(old, tmp)
         else:
             os.replace(tmp, out_dir)
         fsync(os.path.dirname(out_dir), directory=True)
-    except OSError as e:
-        raise write_error(out_dir, e, "run again") from None
+    except Exception as e:  # noqa: BLE001  (a failed write, however the library reports it)
+        error = e if isinstance(e, OSError) else os_error_in(e)
+        if error is None:
+            raise
+        raise write_error(out_dir, error, "run again") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return sorted(os.listdir(out_dir))
+
+
+def os_error_in(error):
+    """The OSError that safetensors and tokenizers (Rust) report inside an exception of their own,
+    as in '... No space left on device (os error 28)'; None when the error is not one."""
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    return OSError(int(found.group(1)), os.strerror(int(found.group(1)))) if found else None
 
 
 # ---------------------------------------------------------------------------------------

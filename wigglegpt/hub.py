@@ -1,8 +1,9 @@
 """
 Models on the Hugging Face Hub by name: hf://OWNER/REPO/FILE is that file, hf://OWNER/REPO the
 repo's one checkpoint (*.pt) or export folder (config.json + model.safetensors). resolve() turns a
-name into a local path through huggingface_hub, so its cache, progress bar, resumable downloads,
-HF_HUB_OFFLINE=1 and revisions all apply; every failure is one UserError line.
+name into a local path through huggingface_hub, so its cache, progress bar, HF_HUB_OFFLINE=1 and
+revisions all apply, and a download cut off (even by kill -9) is never taken for the file; every
+failure is one UserError line.
 
     python sample_bio.py --init_from=hf://edeneldith/WiggleGPT/ckpt_pretrain.pt
 """
@@ -10,6 +11,7 @@ HF_HUB_OFFLINE=1 and revisions all apply; every failure is one UserError line.
 import os
 import posixpath
 import sys
+import warnings
 
 from wigglegpt.common import UserError, write_error
 
@@ -45,24 +47,33 @@ def resolve(name, revision=None):
         raise UserError(f"{name}: Hub models are downloaded through huggingface_hub, which is not installed: "
                         f"{INSTALL_HINT}") from None
     try:
-        files, cached_only = repo_files(huggingface_hub, repo_id, revision)
-        path = pick(name, repo_id, files) if path is None else path
-        if posixpath.basename(path) == "model.safetensors" and is_export(posixpath.dirname(path), files):
-            path = posixpath.dirname(path)  # an export is named by its folder or by its weights
-        if is_export(path, files):
-            local = download_export(huggingface_hub, repo_id, path, revision)
-        elif path in files:
-            local = huggingface_hub.hf_hub_download(repo_id, path, revision=revision)
-        elif cached_only:  # what hf_hub_download would find offline, without its retries
-            local = None
-        else:
-            raise UserError(f"{name}: {repo_id} has no file {path!r}{at_revision(revision)}; its models: "
-                            + (", ".join(f"{PREFIX}{repo_id}/{m}" for m in models(files)) or "none"))
+        with warnings.catch_warnings():  # its guess that the disk is too small: a full disk is our one line
+            warnings.filterwarnings("ignore", message="Not enough free disk space")
+            local = download(huggingface_hub, name, repo_id, path, revision)
     except Exception as e:
         raise one_line(e, name, repo_id, revision) from None
     if local is None:
         raise not_cached(name, revision)
     return local
+
+
+def download(huggingface_hub, name, repo_id, path, revision):
+    """The local path of repo_id's path (None: the repo's one model) at revision, downloaded or
+    found in the cache; None when offline and not cached."""
+    files, cached_only = repo_files(huggingface_hub, repo_id, revision)
+    if cached_only and not files:  # the snapshot folder of a download killed before its file was in place
+        raise not_cached(name, revision)
+    path = pick(name, repo_id, files) if path is None else path
+    if posixpath.basename(path) == "model.safetensors" and is_export(posixpath.dirname(path), files):
+        path = posixpath.dirname(path)  # an export is named by its folder or by its weights
+    if is_export(path, files):
+        return download_export(huggingface_hub, repo_id, path, revision)
+    if path in files:
+        return huggingface_hub.hf_hub_download(repo_id, path, revision=revision)
+    if cached_only:  # what hf_hub_download would find offline, without its retries
+        return None
+    raise UserError(f"{name}: {repo_id} has no file {path!r}{at_revision(revision)}; its models: "
+                    + (", ".join(f"{PREFIX}{repo_id}/{m}" for m in models(files)) or "none"))
 
 
 def repo_files(huggingface_hub, repo_id, revision):
@@ -169,7 +180,7 @@ def one_line(e, name, repo_id, revision):
     if isinstance(e, HFValidationError):
         return UserError(f"{name!r} is not a valid Hub name or revision ({str(e).splitlines()[0]}); write {NAME_FORM}")
     if isinstance(e, OSError):  # writing the cache: a full disk, a read-only folder
-        return write_error(constants.HF_HUB_CACHE, e, f"run again to resume downloading {name}")
+        return write_error(constants.HF_HUB_CACHE, e, f"run again to download {name}")
     return e
 
 
