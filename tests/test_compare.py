@@ -518,7 +518,7 @@ def test_sweep_figure_axes():
     assert compare_bio.split_values("'a,b',c") == ["'a,b'", "c"]
 
 
-def test_ablate_and_sweep_bad_inputs_are_one_line_and_train_nothing(tmp_path):
+def test_ablate_and_sweep_bad_inputs_are_one_line_and_train_nothing(tmp_path, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
     config, other = tiny_configs(tmp_path, data_seed=4)
@@ -549,11 +549,21 @@ def test_ablate_and_sweep_bad_inputs_are_one_line_and_train_nothing(tmp_path):
              (["--run", config, other, "--sweep=n_layer=1,2"], "--sweep varies one config; give one config file, not 2"),
              ([config, "--ablate=use_rope"], "--ablate trains variants of a config: add --run"),
              ([config, "--sweep=n_layer=1,2"], "--sweep trains variants of a config: add --run")]
-    with ThreadPoolExecutor(max_workers=4) as pool:  # a few at a time: each that lists the settings imports torch
-        results = list(pool.map(lambda case: compare_command(*case[0], f"--out_root={out_root}"), cases))
-    for (args, phrase), r in zip(cases, results):
+    # a few through the real command line (one that reads train_bio.py's settings, one that fails
+    # before, one that needs the derived gate), side by side; the rest in this process, on the
+    # settings table train_bio.py --help=json gave once
+    on_the_command_line = [cases[0], cases[6], cases[-1]]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda case: compare_command(*case[0], f"--out_root={out_root}"), on_the_command_line))
+    for (args, phrase), r in zip(on_the_command_line, results):
         assert r.returncode == 2, (args, r.stdout[-500:], r.stderr)
         assert "Traceback" not in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
         assert r.stderr.startswith("error: ") and phrase in r.stderr, (args, r.stderr)
         assert "===" not in r.stdout, args  # no training started
+    table = compare_bio.train_settings()
+    monkeypatch.setattr(compare_bio, "train_settings", lambda: table)
+    for args, phrase in cases:
+        with pytest.raises(UserError) as info:
+            compare_bio.main([*args, f"--out_root={out_root}"])
+        assert phrase in str(info.value) and "\n" not in str(info.value), (args, str(info.value))
     assert not out_root.exists()

@@ -48,7 +48,6 @@ def files(tmp_path_factory):
     save_checkpoint(original_format(tiny_model(1)), str(d / "original.pt"))
     (d / "corrupt.pt").write_bytes(b"PK\x03\x04 this is not a checkpoint")
     (d / "long.txt").write_text("To be, or not to be: that is the question. " * 20, encoding="utf-8")
-    (d / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
     return d
 
 
@@ -60,8 +59,6 @@ CASES = {
                                                  "--max_new_tokens=6", "--temperature=0"], None),
     "sample_missing_ckpt": ("sample_bio.py", ["--ckpt={d}/nothing.pt"], None),
     "sample_corrupt_ckpt": ("sample_bio.py", ["--ckpt={d}/corrupt.pt"], None),
-    "sample_missing_file": ("sample_bio.py", ["--start=FILE:{d}/nothing.txt"], None),
-    "sample_latin1_file": ("sample_bio.py", ["--start=FILE:{d}/latin1.txt"], None),
     "sample_negative_tokens": ("sample_bio.py", ["--max_new_tokens=-3"], None),
     "sample_top_p": ("sample_bio.py", ["--top_p=1.5"], None),
     "sample_temperature": ("sample_bio.py", ["--temperature=-1"], None),
@@ -71,7 +68,6 @@ CASES = {
                    "Hello\nWhat is 2+2?\n\nTell me a story about a cat.\n"),
     "chat_missing_ckpt": ("chat_bio.py", ["--ckpt={d}/nothing.pt", "--prompt=hi"], None),
     "chat_no_room": ("chat_bio.py", [f"--max_new_tokens={BLOCK}", "--prompt=hi"], None),
-    "chat_bad_top_p": ("chat_bio.py", ["--top_p=0", "--prompt=hi"], None),
 }
 
 
@@ -96,8 +92,7 @@ def assert_ok(result):
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if n.split("_", 1)[1] in (
-    "missing_ckpt", "corrupt_ckpt", "missing_file", "latin1_file", "negative_tokens", "top_p",
-    "temperature", "unknown_option", "no_room", "bad_top_p")])
+    "missing_ckpt", "corrupt_ckpt", "negative_tokens", "top_p", "temperature", "unknown_option", "no_room")])
 def test_bad_input_is_one_line_on_stderr(runs, name):
     result = runs[name]
     assert result.returncode == 2
@@ -110,8 +105,6 @@ def test_bad_input_is_one_line_on_stderr(runs, name):
 def test_error_lines_name_the_problem(runs):
     assert "not found" in runs["sample_missing_ckpt"].stderr
     assert "not a readable PyTorch checkpoint" in runs["sample_corrupt_ckpt"].stderr
-    assert "prompt file not found" in runs["sample_missing_file"].stderr
-    assert "not UTF-8" in runs["sample_latin1_file"].stderr
     assert "top_p" in runs["sample_top_p"].stderr and "temperature" in runs["sample_temperature"].stderr
     assert "top_k" in runs["sample_unknown_option"].stderr  # the closest valid name is suggested
 

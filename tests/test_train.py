@@ -169,11 +169,11 @@ def bad_input_cases(tmp_path):
     cases = [
         ("unknown key in file", [str(typo_file)], {}, ["unknown setting 'n_layers'", "did you mean 'n_layer'"]),
         ("unknown key on command line", ["--learning_rat=0.1"], {}, ["--learning_rat", "did you mean 'learning_rate'"]),
+        # the rest: the same path as the command line (run_main around main), in this process to save time
         ("wrong type on command line", ["--batch_size=big"], {}, ["batch_size", "int"]),
         ("missing config file", [str(tmp_path / "nope.py")], {}, ["config file not found"]),
         ("batch larger than data", ["--batch_size=100000"], {}, ["fewer than one batch needs"]),
         ("cuda without a GPU", ["--device=cuda"], {}, ["device=cuda", "no CUDA"]),
-        # the same path as the command line (run_main around main), in this process to save time
         ("wrong type in file", [str(type_file)], {}, ["batch_size", "int"]),
         ("n_embd % n_head", ["--n_embd=30", "--n_head=4"], {}, ["not divisible by n_head"]),
         ("missing data dir", ["--dataset=nothing_here"], {}, ["data folder not found"]),
@@ -203,7 +203,7 @@ def check_one_line(name, code, err, words):
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, monkeypatch, capsys):
     base = argv(tiny(tmp_path))
     cases = bad_input_cases(tmp_path)
-    n_cli = 6  # through the real command line, all at once
+    n_cli = 2  # through the real command line, side by side (tests/test_bad_inputs.py has many more)
     procs = [(name, words, subprocess.Popen([sys.executable, TRAIN, *base, *extra], cwd=ROOT, text=True,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(**env)))
              for name, extra, env, words in cases[:n_cli]]
