@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from wigglegpt import checkpoint, dataprep, metrics
-from conftest import ROOT, tiny_config
+from conftest import ROOT, require_module, tiny_config
 from model_bio import GPT
 from wigglegpt.common import UserError
 from test_hub import fake_hub  # noqa: F401  (the fixture)
@@ -237,9 +237,8 @@ def test_data_prep_on_a_really_full_filesystem_then_resumed_is_byte_identical(tm
 
 
 def test_an_export_on_a_really_full_filesystem_is_one_line_and_keeps_the_old_folder(tmp_path):
-    from wigglegpt import export
-    if not export_packages():
-        pytest.skip("writing an export needs safetensors and tokenizers: pip install -r requirements-optional.txt")
+    for module in ("safetensors", "tokenizers"):  # what writing an export needs
+        require_module(module, "pip install -r requirements-optional.txt")
     ckpt = tmp_path / "ckpt.pt"
     checkpoint.save_checkpoint(checkpoint.checkpoint_dict(GPT(tiny_config(vocab_size=50304))), str(ckpt))
     command = [sys.executable, os.path.join(ROOT, "export_bio.py"), f"--ckpt={ckpt}"]
@@ -258,15 +257,6 @@ def test_an_export_on_a_really_full_filesystem_is_one_line_and_keeps_the_old_fol
                             "then run again\n")
         assert os.listdir(small) == ["exported"]  # no temporary folder
         assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
-
-
-def export_packages():
-    try:
-        import safetensors.torch  # noqa: F401
-        import tokenizers  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def test_a_download_on_a_really_full_filesystem_is_one_line_and_never_a_partial_file(tmp_path, fake_hub):
