@@ -14,7 +14,9 @@ ones asked for and prints the table. What --gpu measures and its goals: README.m
 import contextlib
 import dataclasses
 import gc
+import io
 import json
+import math
 import os
 import platform
 import re
@@ -26,15 +28,20 @@ import tempfile
 import threading
 import time
 
+import numpy as np
 import torch
+from torch import nn
+from torch.nn import functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import model_bio
 from model_bio import GPT, GPTConfig, OscillateFunction, OscillatingActivation
-from wigglegpt import common, dataprep, gpu, optim, oscillate_triton
+from wigglegpt import common, dataprep, export, gpu, optim, oscillate_triton
+from wigglegpt.checkpoint import checkpoint_dict, save_checkpoint
 from wigglegpt.common import UserError, autocast_for, pick_dtype, run_main, write_error
 from wigglegpt.engine import generate
+from wigglegpt.loader import load_model_from
 from wigglegpt.tokenizer import EOT, get_tokenizer
 from wigglegpt.settings import load_settings
 
@@ -165,8 +172,6 @@ def bench_traffic(quick):
     figure is its own count of loads and stores (oscillate_triton.traffic_bytes); the PyTorch
     path's is counted op by op while it runs, on the CPU (the ops it runs here) and on the meta
     device (no data, but the ops of its CUDA branch: torch.tanh, plain sums)."""
-    from torch import nn
-
     rows, cols = 8192, 3072  # the 124M MLP's hidden layer at 8 x 1024 tokens
     counted = (64, cols)  # a real run, small: the bytes per element do not depend on the rows
     out = []
@@ -495,17 +500,6 @@ def bench_data_prep(quick):
     """Data preparation: the engine's batched parallel encoding vs a one-thread per-document
     loop on the same jsonl (Shakespeare, written to a temp dir), and the peak memory of the real
     script with its worker processes, which must stay flat as the input grows 5x."""
-    import contextlib
-    import io
-    import json
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    import threading
-
-    import numpy as np
-
 
     def write_corpus(path, megabytes):
         chunks = [row["text"] for row in dataprep.shakespeare_documents()]
@@ -599,7 +593,6 @@ LOAD_MODEL_QUICK = dict(n_layer=2, n_head=4, n_embd=256, vocab_size=50304, block
 def _load_child(path):
     """Run in a fresh process by bench_load: load the model at path (a training checkpoint or an
     export folder) as every script does, print the seconds it took and the peak resident memory."""
-    from wigglegpt.loader import load_model_from
     start = time.perf_counter()
     model, _, _ = load_model_from(path, device="cpu", dropout=0.0)
     seconds = time.perf_counter() - start
@@ -610,7 +603,6 @@ def bench_load(quick):
     """Loading a model to sample from it: today's training checkpoint (.pt with the AdamW state,
     as train_bio writes it) against the export folder (safetensors, memory-mapped), each in a fresh
     process, the same weights. Peak memory is the growth over a process that only imports the loader."""
-    from wigglegpt import export
     shape = LOAD_MODEL_QUICK if quick else LOAD_MODEL_FULL
     torch.manual_seed(0)
     model = GPT(GPTConfig(**shape))
@@ -620,7 +612,6 @@ def bench_load(quick):
     opt.step()  # the optimizer state a training checkpoint carries
     with tempfile.TemporaryDirectory() as tmp:
         pt, folder = os.path.join(tmp, "ckpt.pt"), os.path.join(tmp, "export")
-        from wigglegpt.checkpoint import checkpoint_dict, save_checkpoint
         save_checkpoint(checkpoint_dict(model, optimizer=opt.state_dict(), iter_num=1), pt)
         export.export(model.eval(), folder)
         del model, opt
@@ -791,8 +782,6 @@ def part_activation_speed(check):
     """The activation alone at the training shape, forward + backward: the kernel in GB/s (its
     bytes from traffic_bytes) against the card's bandwidth, and the PyTorch path's and GELU's
     times for the same x; and the PyTorch path's bytes counted op by op on this device."""
-    from torch.nn import functional as F
-
     device, s = check.device, check.sizes
     rows, cols = s["max_batch"] * check.config.block_size, 4 * check.config.n_embd
     ok, why = oscillate_triton.available(_device_type(device))
@@ -858,8 +847,6 @@ def part_train_loop(check):
     """The real loop: train_bio.py's train for a few iterations on random tokens in a temp folder
     (in a process of its own), the model and batch of the training part, against the bare step
     measured there; and the GPU syncs per iteration in train_step and log_iteration."""
-    import numpy as np
-
     device, cfg, s = check.device, check.config, check.sizes
     cuda = device.startswith("cuda")
     measured = check.figures.get("training", {})
@@ -1002,8 +989,6 @@ def _batch_under(check, budget_gb):
 def part_fp16(check):
     """fp16 autocast with the GradScaler, as a GPU without bf16 trains: a few eager steps on one
     fixed batch (so the loss has something to learn), its loss, loss scale and tokens/s."""
-    import math
-
     device, cfg, s = check.device, check.config, check.sizes
     device_type = _device_type(device)
     B = min(s["fp16_batch"], check.figures.get("training", {}).get("B") or s["fp16_batch"])  # what fits

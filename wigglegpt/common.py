@@ -3,6 +3,7 @@ What every script shares: the one-line error for bad input (UserError, run_main,
 and the choice of device and dtype.
 """
 
+import errno
 import os
 import signal
 import sys
@@ -44,7 +45,6 @@ def remove_quietly(path):
 def write_error(path, error, advice):
     """The one-line UserError for a file that could not be written (disk full, no permission,
     read-only folder): names the file, the reason and what to do."""
-    import errno
     reason = error.strerror or str(error) or type(error).__name__
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         fix = "free some disk space"

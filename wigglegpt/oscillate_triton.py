@@ -1,27 +1,13 @@
-"""Fused Triton kernels for the oscillating activation y = sin(omega*x + phi) * tanh(x) + baseline,
+"""
+Fused Triton kernels for the oscillating activation y = sin(omega*x + phi) * tanh(x) + baseline,
 registered as the torch custom op wigglegpt::oscillate (and wigglegpt::oscillate_backward), so
-torch.compile traces through it without a graph break.
-
-Bytes moved per element of x (e = x's element size: 2 for bf16/fp16, 4 for fp32):
-  forward   read x, write y                        2e  (4 B in bf16)
-  backward  read x and grad_y, write grad_x         3e  (6 B in bf16)
-plus, per block of BLOCK_M rows, the fp32 parameter vectors (3 forward, 2 backward) and in
-backward the fp32 partial sums of the three parameter gradients, written once and read back by
-one small .sum(0): O(D * n_row_blocks) bytes, 5 % of the forward's and 8 % of the backward's
-bytes at bf16 (see traffic_bytes).
-That is the floor: any activation's forward must read x and write y, and its backward must read
-grad_y and what it needs of the forward (here x alone, everything else is recomputed in registers)
-and write grad_x, the same tensors GELU's kernels touch. The eager PyTorch path
-(model_bio.OscillateFunction) moves ~56 B forward and ~186 B backward per bf16 element, one pass
-per elementwise op and the fp32 temporaries between them.
-
-x and grad_y are loaded in their own dtype (fp32, bf16 or fp16), the math is fp32, y and grad_x
-are stored in x's dtype and the parameter gradients in the parameters' dtype. Other dtypes (fp64)
-are refused with a ValueError: the caller keeps the PyTorch path for them.
+torch.compile traces through it without a graph break. model_bio uses them on CUDA
+(activation_kernel='auto' or 'triton'); the bytes they move against GELU's: README.md, "Benchmarks".
 
 Triton is imported on first use, not with this module: the module imports without Triton, and a
-TRITON_INTERPRET=1 set before the first use (Triton reads it when a kernel is jitted) runs the
-kernels in Triton's interpreter, on CPU tensors too.
+TRITON_INTERPRET=1 set before the first use runs the kernels in Triton's interpreter, on CPU
+tensors too. x and grad_y stay in their dtype (fp32, bf16, fp16; others are a ValueError), the
+math is fp32.
 """
 
 from __future__ import annotations  # the kernels' `tl.constexpr` annotations stay strings until Triton reads them
