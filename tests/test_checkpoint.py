@@ -124,6 +124,24 @@ def test_bad_checkpoints_give_one_clear_error(tmp_path):
         load_checkpoint(str(no_model))
 
 
+def test_a_checkpoint_cut_off_anywhere_is_one_clear_error(tmp_path):
+    # a copy that stopped part way (a full disk elsewhere, an interrupted download or scp), at
+    # offsets all through the file: the zip header, the pickle, the tensors, the directory at the end
+    whole_path = tmp_path / "whole.pt"
+    save_checkpoint(checkpoint_dict(GPT(tiny_config()), iter_num=3), str(whole_path))
+    whole = whole_path.read_bytes()
+    cut = tmp_path / "cut.pt"
+    offsets = sorted({0, 1, 2, 3, 4, 30, 100, len(whole) - 22, len(whole) - 1,
+                      *range(512, len(whole), max(1, len(whole) // 40))})
+    for n in offsets:
+        cut.write_bytes(whole[:n])
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(str(cut))
+        message = str(info.value)
+        assert "\n" not in message and "not a readable PyTorch checkpoint: cut off" in message, (n, message)
+    assert load_checkpoint(str(whole_path))["iter_num"] == 3
+
+
 def test_weights_that_do_not_fit_the_config(tmp_path):
     model = GPT(tiny_config())
     ckpt = checkpoint_dict(model)
