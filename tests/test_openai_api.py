@@ -12,15 +12,14 @@ import subprocess
 import pytest
 
 from conftest import require_module
-from test_web import MAX_NEW, Paced, chat_command, live_server, make_chat, parse_events
-from test_web import checkpoint  # noqa: F401  (the fixture: a tiny checkpoint on disk)
-from test_web import tiny_chat_model, wait_until
+from test_web import MAX_NEW, SERVED, chat_command, live_server, make_chat, parse_events, wait_until
+from test_web import checkpoint, paced, server  # noqa: F401  (fixtures: a tiny checkpoint, the live server)
 from wigglegpt import web
 from wigglegpt.engine import generate
 from wigglegpt.tokenizer import EOT, VOCAB_SIZE, decode, encode, render_prompt
 
 INSTALL = "pip install -r requirements-optional.txt"
-NAME = "tiny-openai"
+NAME = SERVED
 KEY = "s3cret-key"
 HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello, who are you?"}]
 
@@ -30,19 +29,6 @@ def openai_client(url, key="unused"):
     httpx = require_module("httpx", INSTALL)
     return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60,
                          http_client=httpx.Client(trust_env=False))
-
-
-@pytest.fixture(scope="module")
-def paced():
-    return Paced(tiny_chat_model())
-
-
-@pytest.fixture(scope="module")
-def server(paced):
-    require_module("fastapi", INSTALL)
-    app = web.create_app(make_chat(paced), NAME)
-    with live_server(app) as url:
-        yield url, app
 
 
 @pytest.fixture(scope="module")

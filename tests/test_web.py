@@ -301,6 +301,9 @@ def live_server(app):
         sock.close()
 
 
+SERVED = "tiny-paced"  # the model name the live server gives (test_openai_api.py uses the same server)
+
+
 @pytest.fixture(scope="module")
 def paced():
     return Paced(tiny_chat_model())
@@ -309,7 +312,7 @@ def paced():
 @pytest.fixture(scope="module")
 def server(paced):
     require_module("fastapi", INSTALL)
-    app = web.create_app(make_chat(paced), "tiny-paced")
+    app = web.create_app(make_chat(paced), SERVED)
     with live_server(app) as url:
         yield url, app
 
