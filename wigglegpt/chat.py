@@ -19,7 +19,11 @@ SPACE = 220  # ' ', what the original chat.py padded short prompts with
 
 
 class MessageTooLong(UserError):
-    """The newest message does not fit the context even without any history."""
+    """The newest message does not fit the context even without any history (its prompt_tokens)."""
+
+    def __init__(self, message, prompt_tokens):
+        super().__init__(message)
+        self.prompt_tokens = prompt_tokens
 
 
 def fit_history(system, messages, budget):
@@ -35,10 +39,8 @@ def fit_history(system, messages, budget):
         if len(ids) <= budget:
             return kept, ids
         if len(kept) <= 1:
-            error = MessageTooLong(f"the message makes a prompt of {len(ids)} tokens; {budget} fit "
-                                   "(the context minus max_new_tokens)")
-            error.prompt_tokens = len(ids)
-            raise error
+            raise MessageTooLong(f"the message makes a prompt of {len(ids)} tokens; {budget} fit "
+                                 "(the context minus max_new_tokens)", len(ids))
         kept.pop(0)
         while len(kept) > 1 and kept[0]["role"] == "assistant":  # a turn goes as a whole
             kept.pop(0)
@@ -88,11 +90,11 @@ class Chat:
         """
         messages = self.history + [{"role": "user", "content": text}]
         if self.original:
-            ids, stops = original_prompt(self.system, messages, self.budget, self.model.config.n_head), \
-                STOP_STRINGS + (EOT_TEXT,)
+            ids = original_prompt(self.system, messages, self.budget, self.model.config.n_head)
             self.history = messages
         else:
-            (self.history, ids), stops = fit_history(self.system, messages, self.budget), STOP_STRINGS
+            self.history, ids = fit_history(self.system, messages, self.budget)
+        stops = STOP_STRINGS + (EOT_TEXT,) if self.original else STOP_STRINGS
         seed = None if self.seed is None else self.seed + self.turns
         self.turns += 1
         tokens = generate(self.model, ids, self.max_new_tokens, stop_tokens=(EOT,), seed=seed, generator=self.generator,
@@ -105,10 +107,9 @@ class Chat:
         except KeyboardInterrupt:
             pass  # the cache notices an interrupted forward by itself (TokenCache.reusable)
         reply = "".join(pieces)
-        if self.original:  # its history kept every reply, stripped, an empty one too
-            self.history.append({"role": "assistant", "content": reply.strip()})
-        elif reply.strip():  # the template has no empty turns
-            # kept stripped, as the original chat.py kept it: later prompts are that one's, id for id
+        # the template has no empty turns (the original's history kept an empty reply too); kept
+        # stripped, as the original chat.py kept it: later prompts are that one's, id for id
+        if reply.strip() or self.original:
             self.history.append({"role": "assistant", "content": reply.strip()})
         return reply
 
