@@ -21,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from model_bio import OscillateFunction
-from wigglegpt import bands, hub
+from wigglegpt import bands, hub, plots
 from wigglegpt.checkpoint import CheckpointError, clean_state_dict, is_original_format, load_checkpoint, model_config
 from wigglegpt.common import UserError, run_main, write_error
 from wigglegpt.loader import REVISION_MEANING
@@ -331,17 +331,10 @@ def print_stability(a, b, cmp, k=0):
 # ---------------------------------------------------------------------------------------
 # plots
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot_histograms(runs, path):
     """Overall omega and phi histograms; runs is [(label, layers)] (one oscillator set of one or two
     checkpoints), one overlaid colour each."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, name in zip(axes, ("omega", "phi")):
         values = [all_layers(layers, name) for _, layers in runs]
@@ -361,14 +354,13 @@ def plot_histograms(runs, path):
         ax.set_ylim(0, ax.get_ylim()[1] * 1.35)  # headroom: the legend sits above the bars
         ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def plot_layer_histograms(runs, path):
     """One row per parameter (omega, phi), one column per layer, as a grid of small histograms
     (wrapped in rows of at most 6 layers)."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     n_layer = len(runs[0][1])
     per_row = min(6, n_layer)
     row_blocks = math.ceil(n_layer / per_row)
@@ -389,8 +381,7 @@ def plot_layer_histograms(runs, path):
     fig.legend(handles, labels, loc="upper right", fontsize=8, ncol=len(runs))
     fig.suptitle("omega and phi per layer", x=0.02, ha="left")
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def pick_neurons(layers, n_random=2, seed=0):
@@ -418,7 +409,7 @@ def activation_curve(layer, index, x):
 
 def plot_activations(layers, path, seed=0):
     """f(x) on [-4, 4] for a few neurons, with GELU for reference."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     x = np.linspace(-4, 4, 801)
     fig, ax = plt.subplots(figsize=(10, 6.5))
     ax.plot(x, torch.nn.functional.gelu(torch.tensor(x)).numpy(), color="k", lw=2.5, ls="--", label="GELU")
@@ -436,8 +427,7 @@ def plot_activations(layers, path, seed=0):
     ax.set_title("learned activation curves vs GELU")
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def sample_index(n, seed=0, size=SCATTER_POINTS):
@@ -449,7 +439,7 @@ def sample_index(n, seed=0, size=SCATTER_POINTS):
 
 def plot_omega_phi_scatter(runs, path, seed=0):
     """omega against phi, one dot per neuron (one colour per checkpoint): which phases go with which frequencies."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(8, 6))
     for label, layers in runs:
         omega, phi = all_layers(layers, "omega"), all_layers(layers, "phi")
@@ -461,13 +451,12 @@ def plot_omega_phi_scatter(runs, path, seed=0):
     ax.set_title("omega vs phi, all layers")
     ax.legend(fontsize=8, markerscale=3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def plot_omega_deviation(runs, path):
     """Histogram of omega - 1 (the distance from init), with the +-0.2 band and its share."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     deviations = [all_layers(layers, "omega") - INIT["omega"][0] for _, layers in runs]
     edges = np.histogram_bin_edges(np.concatenate(deviations), bins=80)
@@ -482,13 +471,12 @@ def plot_omega_deviation(runs, path):
     ax.set_title("how far omega moved from its init")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def plot_drift(before, after, path):
     """Histogram of the per-neuron drift |after - before| of omega and of phi."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     for name in ("omega", "phi"):
         drift = np.abs(all_layers(after, name) - all_layers(before, name))
@@ -499,13 +487,12 @@ def plot_drift(before, after, path):
     ax.set_title("parameter drift between the checkpoints")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def plot_before_after(before, after, labels, path, seed=0):
     """omega before vs after and phi before vs after, one dot per neuron; the diagonal is 'unchanged'."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
     for ax, name in zip(axes, ("omega", "phi")):
         x, y = all_layers(before, name), all_layers(after, name)
@@ -518,15 +505,14 @@ def plot_before_after(before, after, labels, path, seed=0):
         ax.set_title(f"{name} before vs after ({idx.size} of {x.size} neurons)")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def figure_wiggle_analysis(layers, label, seed=0):
     """The original analyze_wiggle-pretrain.py's 2 x 2 figure (wiggle_analysis.png), panel for
     panel: the omega histogram with its init and learned means, the phi histogram likewise,
     the histogram of omega - 1, and omega against phi (10,000 sampled neurons). Returns the Figure."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     omega, phi = all_layers(layers, "omega"), all_layers(layers, "phi")
     fig, axes = plt.subplots(2, 2, figsize=(14, 10))
     for ax, values, name, colour, title, unit in (
@@ -566,7 +552,7 @@ def figure_wiggle_finetune_analysis(before, after, labels, seed=0):
     drift |after - before| of omega and phi. Bottom: omega before vs after and phi before vs
     after (5,000 sampled neurons, the diagonal is 'no change'), omega vs phi of the second
     checkpoint. Returns the Figure."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(2, 3, figsize=(18, 10))
     fig.suptitle(f"oscillation parameters before and after (pretrained vs fine-tuned): {labels[0]} -> {labels[1]}",
                  fontweight="bold")
@@ -611,11 +597,6 @@ def figure_wiggle_finetune_analysis(before, after, labels, seed=0):
     return fig
 
 
-def save_figure(fig, path):
-    fig.savefig(path, dpi=100)
-    _pyplot().close(fig)
-
-
 def plot_jobs(runs, seed=0, with_bands=False):
     """[(file name, function(path) that writes it)] of every figure for runs [(label, layers)]:
     one oscillator set of one checkpoint or of two (then also the drift, before-vs-after and the
@@ -626,13 +607,13 @@ def plot_jobs(runs, seed=0, with_bands=False):
             ("activations.png", lambda path: plot_activations(runs[-1][1], path, seed=seed)),
             ("omega_phi_scatter.png", lambda path: plot_omega_phi_scatter(runs, path, seed=seed)),
             ("omega_deviation.png", lambda path: plot_omega_deviation(runs, path)),
-            ("wiggle_analysis.png", lambda path: save_figure(figure_wiggle_analysis(layers, label, seed), path))]
+            ("wiggle_analysis.png", lambda path: plots.save(figure_wiggle_analysis(layers, label, seed), path))]
     if len(runs) == 2:
         before, after, labels = runs[0][1], runs[1][1], [lab for lab, _ in runs]
         jobs += [("drift_hist.png", lambda path: plot_drift(before, after, path)),
                  ("before_after_scatter.png", lambda path: plot_before_after(before, after, labels, path, seed=seed)),
                  ("wiggle_finetune_analysis.png",
-                  lambda path: save_figure(figure_wiggle_finetune_analysis(before, after, labels, seed), path))]
+                  lambda path: plots.save(figure_wiggle_finetune_analysis(before, after, labels, seed), path))]
     if with_bands:
         jobs += bands.figures(runs, seed)
     return jobs

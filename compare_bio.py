@@ -27,7 +27,7 @@ import subprocess
 import sys
 import types
 
-from wigglegpt import compat, losslog
+from wigglegpt import compat, losslog, plots
 from wigglegpt.common import UserError, run_main, write_error
 from wigglegpt.stats import mean_std, paired_difference
 from wigglegpt.settings import _check_type, _closest, _parse_value, load_settings, read_config_file, settings_from_json
@@ -450,9 +450,7 @@ def print_table(rows):
 
 def plot_curves(rows, path):
     """Val loss against tokens seen (solid, dots at the evals), the train loss faintly behind it."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, ax = plt.subplots(figsize=(10, 6))
     for i, r in enumerate(rows):
@@ -473,8 +471,7 @@ def plot_curves(rows, path):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 # the figures averaged over seeds: (row key, label, format)
@@ -563,9 +560,7 @@ def plot_bands(groups, path):
     """Each config's mean over seeds (line) with the min-max over seeds (band): val loss, and
     val bpb and HellaSwag acc_norm when the runs recorded them; last, the final val loss of
     every seed, joined across configs."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     panels = [("val", "val loss")]
     panels += [(key, label) for key, label in (("val_bpb", "val bits per byte"), ("hellaswag", "HellaSwag acc_norm"))
@@ -604,8 +599,7 @@ def plot_bands(groups, path):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    plots.save(fig, path, dpi=80)
 
 
 def figure_sweep(key, values, groups):
@@ -613,9 +607,7 @@ def figure_sweep(key, values, groups):
     mean over seeds with +- one sample sd, each seed a grey dot, a tick at each value. Numbers go
     on a numeric axis (logarithmic when they span 100x or more), other values one place each, in
     the sweep's order. Returns the Figure."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     xs = [float(v) for v in values] if numeric else list(range(len(values)))
@@ -712,9 +704,7 @@ def figure_loss_chart(curves, reference=3.12, zoom=0.1):
     final zoom share of the iterations (its right panel); the reference line on each. One run
     is drawn in the original's colours (train blue, val red); several in one colour each (train
     dashed). Returns the Figure."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     fig, (linear, logscale, final) = plt.subplots(1, 3, figsize=(20, 5.5))
     first = min(points[0][0] for _, points in curves)
@@ -773,10 +763,8 @@ def figure_loss_chart(curves, reference=3.12, zoom=0.1):
 
 
 def save_chart(fig, path):
-    import matplotlib.pyplot as plt
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def chart(paths, cfg):

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from model_bio import OscillateFunction, OscillatingActivation
-from wigglegpt import archbench
+from wigglegpt import archbench, plots
 from wigglegpt.common import UserError, run_main, write_error
 from wigglegpt.settings import load_settings
 
@@ -164,9 +164,7 @@ def plot_decision(results, path, seed_index=0):
     """Two columns (oscillating, best monotonic), each for the first seed:
     top, y = f(w.x + b) over the input plane with the y = 0.5 boundary and the four points;
     bottom, f over the projection z = w.x + b with the points placed at their z."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     x, target = xor_data()
     names = ["oscillating", best_monotonic(results)]
@@ -210,8 +208,7 @@ def plot_decision(results, path, seed_index=0):
         ax.legend(loc="best", fontsize=8)
     fig.suptitle("XOR with one neuron (blue: target 0, red: target 1)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def neuron_function(result, i):
@@ -296,9 +293,7 @@ def print_suite(results, seeds, epochs):
 def plot_suite(results, path):
     """One panel per task: each kind's mean accuracy as a bar with the sample std as its error
     bar (cut off at 0 and 100 %), and every seed's accuracy as a dot."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = plots.pyplot()
 
     tasks = list(dict.fromkeys(task for task, _ in results))
     kinds = list(dict.fromkeys(kind for _, kind in results))
@@ -320,8 +315,7 @@ def plot_suite(results, path):
     seeds = next(iter(results.values()))["seeds"]
     fig.suptitle(f"Architecture benchmark: mean ± std (cut at 0 and 100 %) over {len(seeds)} seeds (dots: each seed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path)
 
 
 def check_plot_path(path, key):

@@ -13,6 +13,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from wigglegpt import plots
+
 Band = namedtuple("Band", "name symbol low high colour meaning eeg")
 # [low, high) ranges of |omega| (analyze_brainwaves.py's EEG_BANDS), with the EEG band each is named after
 BANDS = (
@@ -155,22 +157,14 @@ def print_band_table(runs):
 # ---------------------------------------------------------------------------------------
 # the five figures; runs = [(label, layers)], one panel (or bar) each
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    _pyplot().close(fig)
+    plots.save(fig, path, dpi=90)
 
 
 def plot_power_spectrum(runs, path):
     """Per run the spectrum of |omega| (power_spectrum), filled band by band in the band colours."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     grid = np.linspace(0.0, TOP, SPECTRUM_POINTS)
     fig, axes = plt.subplots(len(runs), 1, figsize=(14, 4.5 * len(runs)), squeeze=False)
     for ax, (label, layers) in zip(axes[:, 0], runs):
@@ -192,7 +186,7 @@ def plot_power_spectrum(runs, path):
 
 def plot_band_power(runs, path):
     """Share of the banded neurons per band, one bar per run (hatched: the second)."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(12, 6))
     x = np.arange(len(BANDS))
     width = 0.8 / len(runs)
@@ -213,7 +207,7 @@ def plot_band_power(runs, path):
 
 def plot_channels(runs, path, seed=0):
     """Each layer as an 'EEG channel' (channel_traces), coloured by the band of its mean |omega|."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     n_layer = len(runs[0][1])
     fig, axes = plt.subplots(1, len(runs), figsize=(10 * len(runs), max(4.0, 0.8 * n_layer + 2)), squeeze=False)
     t = CHANNEL_TIME
@@ -238,7 +232,7 @@ def plot_channels(runs, path, seed=0):
 
 def plot_topography(runs, path):
     """A head seen from above with one electrode per layer: colour = std of omega, size = |mean omega|."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     fig, axes = plt.subplots(1, len(runs), figsize=(8 * len(runs), 7), squeeze=False)
     around = np.linspace(0, 2 * np.pi, 100)
     for ax, (label, layers), cmap in zip(axes[0], runs, ("viridis", "plasma")):
@@ -263,7 +257,7 @@ def plot_topography(runs, path):
 
 def plot_coherence(runs, path):
     """The layer-by-layer coherence matrix (coherence) as a heatmap with its values."""
-    plt = _pyplot()
+    plt = plots.pyplot()
     n_layer = len(runs[0][1])
     size = max(5.0, 0.55 * n_layer + 2)
     fig, axes = plt.subplots(1, len(runs), figsize=((size + 1.5) * len(runs), size), squeeze=False)
