@@ -30,7 +30,7 @@ import types
 from wigglegpt import compat, losslog, plots
 from wigglegpt.common import UserError, run_main, write_error
 from wigglegpt.stats import mean_std, paired_difference
-from wigglegpt.settings import _check_type, _closest, _parse_value, load_settings, read_config_file, settings_from_json
+from wigglegpt.settings import check_type, closest, load_settings, parse_value, read_config_file, settings_from_json
 
 SETTINGS = {
     "run": (False, "train the given config files first (one train_bio.py subprocess each), then compare"),
@@ -296,7 +296,7 @@ def trained_settings(table, config_values, args):
         key, eq, text = arg[2:].partition("=")
         if key in table:  # train_bio.py names any other key in its own error
             default, _, *also = table[key]
-            values[key] = _parse_value(text, default, also) if eq else True
+            values[key] = parse_value(text, default, also) if eq else True
             explicit.add(key)
     derived, _ = compat.original_architecture(types.SimpleNamespace(**values), explicit)
     return {**values, **derived}
@@ -340,7 +340,7 @@ def check_not_own(key, option):
 
 def check_known(key, table, option):
     if key not in table:
-        raise UserError(f"{option}: unknown setting {key!r} of train_bio.py{_closest(key, list(table))}")
+        raise UserError(f"{option}: unknown setting {key!r} of train_bio.py{closest(key, list(table))}")
 
 
 def ablation_plan(config, text, train_args):
@@ -380,7 +380,7 @@ def sweep_plan(config, spec, train_args):
     config_values, table = read_config_file(config), train_settings()
     check_known(key, table, "--sweep")
     default, _, *also = table[key]
-    values = [_check_type(key, _parse_value(t, default, also), default, f"in --sweep={spec}", also) for t in texts]
+    values = [check_type(key, parse_value(t, default, also), default, f"in --sweep={spec}", also) for t in texts]
     shown = [repr(v) for v in values]
     twice = sorted({v for v in shown if shown.count(v) > 1})
     if twice:

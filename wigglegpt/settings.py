@@ -21,12 +21,13 @@ from wigglegpt.common import UserError
 # ---------------------------------------------------------------------------------------
 # reading settings
 
-def _closest(key, known):
+def closest(key, known):
+    """'; did you mean ...?' naming the known settings nearest to key ('' when none is near)."""
     near = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     return f"; did you mean {' or '.join(repr(k) for k in near)}?" if near else ""
 
 
-def _check_type(key, value, default, where, also=()):
+def check_type(key, value, default, where, also=()):
     """Return value converted to the default's type, or raise a UserError naming the key.
     also: literal values the setting takes besides its type (batch_size 'auto', top_k None)."""
     if any(value is a or (isinstance(a, str) and value == a) for a in also):
@@ -53,7 +54,7 @@ def _check_type(key, value, default, where, also=()):
     raise UserError(f"{key}={value!r} {where} should be {article} {kind} like the default {default!r}{extra}")
 
 
-def _parse_value(text, default, also=()):
+def parse_value(text, default, also=()):
     """A command-line value is a Python literal (--betas=(0.9,0.95)), else a plain string.
     A text setting that also takes literals (compile: 'auto', True or False) reads those too."""
     for literal in also:
@@ -122,7 +123,7 @@ def _unknown(key, settings, where, hints):
     (e.g. the original WiggleGPT's) to what to use instead."""
     if hints and key in hints:
         return UserError(f"setting {key!r} {where} is not used here: {hints[key]}")
-    return UserError(f"unknown setting {key!r} {where}{_closest(key, list(settings))}")
+    return UserError(f"unknown setting {key!r} {where}{closest(key, list(settings))}")
 
 
 def apply_settings(settings, values, given, where, hints=None):
@@ -131,7 +132,7 @@ def apply_settings(settings, values, given, where, hints=None):
     for key, value in given.items():
         if key not in settings:
             raise _unknown(key, settings, where, hints)
-        values[key] = _check_type(key, value, settings[key][0], where, settings[key][2:])
+        values[key] = check_type(key, value, settings[key][0], where, settings[key][2:])
     return values
 
 
@@ -175,14 +176,14 @@ def load_settings(settings, argv=None, description="", allow_config_file=True, h
         if key not in values:
             if hints and key in hints:
                 raise _unknown(key, settings, "on the command line", hints)
-            raise UserError(f"unknown setting --{key}{_closest(key, list(settings))}")
+            raise UserError(f"unknown setting --{key}{closest(key, list(settings))}")
         default = settings[key][0]
         if not eq:
             if not isinstance(default, bool):
                 raise UserError(f"--{key} needs a value: --{key}=...")
             value = True
         else:
-            value = _parse_value(text, default, settings[key][2:])
-        values[key] = _check_type(key, value, default, "on the command line", settings[key][2:])
+            value = parse_value(text, default, settings[key][2:])
+        values[key] = check_type(key, value, default, "on the command line", settings[key][2:])
         explicit.add(key)
     return Settings(values, explicit)
