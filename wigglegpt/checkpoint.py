@@ -18,7 +18,7 @@ import torch
 from model_bio import GPT, GPTConfig
 from wigglegpt import oscillate_triton  # noqa: F401  (registers the fused op wigglegpt::oscillate that GPT uses)
 from wigglegpt import compat
-from wigglegpt.common import CheckpointError, UserError, remove_quietly, write_error
+from wigglegpt.common import CheckpointError, UserError, fsync, remove_quietly, write_error
 from wigglegpt.compat import clean_state_dict
 from wigglegpt.distributed import all_gather, print0
 
@@ -61,12 +61,7 @@ def save_checkpoint(ckpt, path, advice="run again"):
             f.flush()
             os.fsync(f.fileno())  # the bytes are on disk before the name points at them
         os.replace(tmp, path)
-        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        fsync(folder, directory=True)  # the rename itself durable
     except OSError as e:
         raise CheckpointError(str(write_error(path, e, advice))) from None
     finally:

@@ -42,6 +42,18 @@ def remove_quietly(path):
         pass
 
 
+def fsync(path, directory=False):
+    """Flush a written file, or (directory) a folder's entries after a rename, to the disk; a
+    folder is skipped on Windows, where it cannot be opened."""
+    if directory and not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_error(path, error, advice):
     """The one-line UserError for a file that could not be written (disk full, no permission,
     read-only folder): names the file, the reason and what to do."""

@@ -35,7 +35,7 @@ import model_bio
 from model_bio import GPT, GPTConfig
 from wigglegpt import hf
 from wigglegpt.checkpoint import load_weights
-from wigglegpt.common import CheckpointError, UserError, write_error
+from wigglegpt.common import CheckpointError, UserError, fsync, write_error
 from wigglegpt.tokenizer import ASSISTANT_START, EOT, EOT_TEXT, VOCAB_SIZE, read_bpe_ranks
 
 MODEL_TYPE = "wigglegpt"  # config.json's marker of a folder written here
@@ -432,16 +432,6 @@ def write_folder(model, folder, dtype, facts, name):
     write_tokenizer(folder, model.config.block_size)
     with open(os.path.join(folder, "README.md"), "w", encoding="utf-8") as f:
         f.write(model_card(model, dtype, facts, name))
-
-
-def fsync(path, directory=False):
-    if directory and not hasattr(os, "O_DIRECTORY"):  # Windows: folders cannot be opened
-        return
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def alive(pid):
