@@ -26,6 +26,7 @@ from model_bio import OscillateFunction, OscillatingActivation
 from wigglegpt import archbench, plots
 from wigglegpt.common import UserError, run_main, write_error
 from wigglegpt.settings import load_settings
+from wigglegpt.stats import mean_std
 
 SETTINGS = {
     "seeds": (10, "number of seeds; seeds 0 .. seeds-1 are run, none left out"),
@@ -301,7 +302,7 @@ def plot_suite(results, path):
     for ax, task in zip(axes[0], tasks):
         for i, kind in enumerate(kinds):
             r = results[task, kind]
-            mean, sd = archbench.mean_std(r["accuracy"])
+            mean, sd = mean_std(r["accuracy"])
             sd = sd or 0.0
             bar = [[min(sd, mean) * 100], [min(sd, 1.0 - mean) * 100]]  # the std, cut off at 0 % and 100 %
             ax.bar(i, mean * 100, yerr=bar, capsize=4, color=f"C{i}", alpha=0.7)
